@@ -1,0 +1,23 @@
+# StreamPETR's recipe: AdamW 4e-4 for 8 GPUs x 2 samples, backbone lr x0.25, weight decay 0.01,
+# 500 warm-up iterations then cosine, gradient clipping at 35, iteration-based streaming training.
+# `recipe` is turned into iterations for the actual number of GPUs by tools/train.py, and the
+# learning rate follows the total batch through `auto_scale_lr`.
+recipe = dict(epochs=24, samples_per_epoch=28130)
+max_iters = 24 * 28130 // 16
+
+optim_wrapper = dict(
+    type='OptimWrapper',
+    optimizer=dict(type='AdamW', lr=4e-4, weight_decay=0.01),
+    paramwise_cfg=dict(custom_keys={'img_backbone': dict(lr_mult=0.25)}),
+    clip_grad=dict(max_norm=35, norm_type=2))
+
+param_scheduler = [
+    dict(type='LinearLR', start_factor=1.0 / 3, by_epoch=False, begin=0, end=500),
+    dict(type='CosineAnnealingLR', by_epoch=False, begin=0, end=max_iters, T_max=max_iters,
+         eta_min_ratio=1e-3),
+]
+
+train_cfg = dict(type='IterBasedTrainLoop', max_iters=max_iters, val_interval=max_iters)
+val_cfg = dict(type='ValLoop')
+test_cfg = dict(type='TestLoop')
+auto_scale_lr = dict(enable=True, base_batch_size=16)

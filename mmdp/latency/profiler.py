@@ -1,0 +1,112 @@
+"""Fill a latency table: time every prunable conv over its (output, input) width grid, time
+sampled pruned backbones end to end, fit the LUT models' overhead terms. Every step saves the
+table through `save`, and a table loaded from an interrupted run resumes where it stopped."""
+import math
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from mmdp.structure import Structure, StructureChoice
+
+from .models import BilinearLutLatency, LinearLutLatency, MeasuredLatency, fit_overheads
+from .table import LatencyTable
+from .timer import Timer
+
+
+def _conv_key(layer, w_out: int, w_in: int) -> tuple:
+    n, _, h, w = layer.input_shape
+    return (layer.kernel_size, layer.stride, layer.padding, layer.dilation, layer.bias,
+            n, h, w, w_in, w_out)
+
+
+def _input_widths(table: LatencyTable, layer) -> list:
+    return table.widths[layer.input_group] if layer.input_group else [layer.in_channels]
+
+
+def time_conv(layer, w_out: int, w_in: int, timer: Timer, dtype: torch.dtype) -> float:
+    """Milliseconds of the layer's conv alone at widths (w_out, w_in) and its real input size."""
+    conv = nn.Conv2d(w_in, w_out, layer.kernel_size, layer.stride, layer.padding,
+                     layer.dilation, bias=layer.bias).to(timer.device, dtype)
+    n, _, h, w = layer.input_shape
+    return timer(conv, torch.randn((n, w_in, h, w), device=timer.device, dtype=dtype))
+
+
+def profile_layers(table: LatencyTable, timer: Timer, dtype: torch.dtype,
+                   save: Optional[Callable] = None) -> None:
+    """Time the conv of every layer not yet in `table.tables` at every width pair; layers with
+    the same conv and input size share timings."""
+    done = {}
+    for layer in table.structure.layers:
+        if layer.name in table.tables:
+            rows = table.tables[layer.name]
+            for w_out, row in zip(table.widths[layer.group], rows):
+                for w_in, ms in zip(_input_widths(table, layer), np.atleast_1d(row)):
+                    done[_conv_key(layer, w_out, w_in)] = float(ms)
+    todo = [layer for layer in table.structure.layers if layer.name not in table.tables]
+    total = sum(len(table.widths[layer.group]) * len(_input_widths(table, layer))
+                for layer in todo)
+    with tqdm(total=total, desc='conv tables', unit='conv') as bar:
+        for layer in todo:
+            rows = []
+            for w_out in table.widths[layer.group]:
+                row = []
+                for w_in in _input_widths(table, layer):
+                    key = _conv_key(layer, w_out, w_in)
+                    if key not in done:
+                        done[key] = time_conv(layer, w_out, w_in, timer, dtype)
+                    row.append(done[key])
+                    bar.update()
+                rows.append(row if layer.input_group else row[0])
+            table.tables[layer.name] = rows
+            if save:
+                save()
+
+
+def sample_choices(structure: Structure, widths: dict, n: int, seed: int,
+                   removal: Optional[float] = None) -> list:
+    """`n` random structures: each draws a keep ratio r in [0.25, 1], each group a width from
+    its grid near r of its channels; each block is removed with probability `removal` (drawn
+    in [0, 0.5] per structure when None, so block count and width vary independently)."""
+    rng = np.random.default_rng(seed)
+    choices = []
+    for _ in range(n):
+        ratio = rng.uniform(0.25, 1.0)
+        p = rng.uniform(0.0, 0.5) if removal is None else removal
+        chosen = {}
+        for group, grid in widths.items():
+            frac = float(np.clip(ratio + rng.normal(0.0, 0.15), 0.0, 1.0))
+            chosen[group] = grid[max(0, math.ceil(frac * len(grid)) - 1)]
+        removed = [b for b in structure.block_names if rng.random() < p]
+        choices.append(StructureChoice(chosen, removed))
+    return choices
+
+
+def measure_samples(table: LatencyTable, measured: MeasuredLatency, n: int, seed: int = 0,
+                    save: Optional[Callable] = None) -> None:
+    """Time the dense backbone and `n` sampled structures end to end (those not yet timed)."""
+    choices = [StructureChoice()] + sample_choices(table.structure, table.widths, n, seed)
+    todo = choices[len(table.samples):]
+    for choice in tqdm(todo, desc='end-to-end', unit='net'):
+        ms = measured.predict(choice)
+        table.samples.append({'widths': choice.all_widths(table.structure),
+                              'removed_blocks': sorted(choice.removed_blocks), 'ms': ms})
+        if len(table.samples) == 1:
+            table.dense_ms = ms
+        if save:
+            save()
+
+
+def fit_table(table: LatencyTable) -> dict:
+    """Fit the overheads of both LUT models on the table's end-to-end samples; returns the
+    in-sample mean absolute percentage error of each."""
+    errors = {}
+    for cls in (BilinearLutLatency, LinearLutLatency):
+        table.fits[cls.fit_key] = fit_overheads(cls(table, fitted=False), table.samples)
+        model = cls(table)
+        errors[cls.fit_key] = 100 * float(np.mean([
+            abs(model.predict(StructureChoice(s['widths'], s['removed_blocks'])) - s['ms'])
+            / s['ms'] for s in table.samples]))
+    return errors

@@ -1,0 +1,104 @@
+"""Median latency of a module on a device: CUDA events (eager or CUDA-graph replay) on a GPU,
+`time.perf_counter` on the CPU."""
+import platform
+import statistics
+import time
+
+import torch
+
+MODES = ('eager', 'cudagraph')
+DTYPES = {'fp32': torch.float32, 'fp16': torch.float16}
+
+
+def cpu_name() -> str:
+    try:
+        with open('/proc/cpuinfo') as f:
+            for line in f:
+                if line.startswith('model name'):
+                    return line.split(':', 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def device_name(device) -> str:
+    """The name latency tables are keyed by; on the CPU it includes the thread count, which
+    changes every timing."""
+    device = torch.device(device)
+    if device.type == 'cuda':
+        return torch.cuda.get_device_name(device)
+    return f'{cpu_name()} ({torch.get_num_threads()} threads)'
+
+
+def cudnn_version(device):
+    return torch.backends.cudnn.version() if torch.device(device).type == 'cuda' else None
+
+
+class Timer:
+    """Times `module(*inputs)` `repeats` times after `warmup` calls and returns the median in
+    milliseconds. `mode='cudagraph'` captures one call in a CUDA graph and times its replays."""
+
+    def __init__(self, device='cpu', mode: str = 'eager', repeats: int = 100, warmup: int = 10):
+        self.device = torch.device(device)
+        if mode not in MODES:
+            raise ValueError(f'mode must be one of {MODES}, found {mode!r}')
+        if mode == 'cudagraph' and self.device.type != 'cuda':
+            raise ValueError(f"mode 'cudagraph' needs a CUDA device, found {self.device}; "
+                             "use mode 'eager' on the CPU")
+        if repeats < 1 or warmup < 0:
+            raise ValueError(f'repeats must be >= 1 and warmup >= 0, found {repeats}, {warmup}')
+        self.mode, self.repeats, self.warmup = mode, repeats, warmup
+        if self.device.type == 'cuda':
+            # Tables and end-to-end timings must see the kernels deployment would pick.
+            torch.backends.cudnn.benchmark = True
+
+    @torch.no_grad()
+    def __call__(self, module, *inputs) -> float:
+        if self.device.type != 'cuda':
+            return self._cpu(module, inputs)
+        return self._cuda_graph(module, inputs) if self.mode == 'cudagraph' else self._cuda(
+            module, inputs)
+
+    def _cpu(self, module, inputs) -> float:
+        for _ in range(self.warmup):
+            module(*inputs)
+        times = []
+        for _ in range(self.repeats):
+            start = time.perf_counter()
+            module(*inputs)
+            times.append((time.perf_counter() - start) * 1e3)
+        return statistics.median(times)
+
+    def _events(self, run) -> float:
+        starts = [torch.cuda.Event(enable_timing=True) for _ in range(self.repeats)]
+        ends = [torch.cuda.Event(enable_timing=True) for _ in range(self.repeats)]
+        for start, end in zip(starts, ends):
+            start.record()
+            run()
+            end.record()
+        torch.cuda.synchronize(self.device)
+        return statistics.median(s.elapsed_time(e) for s, e in zip(starts, ends))
+
+    def _cuda(self, module, inputs) -> float:
+        with torch.cuda.device(self.device):
+            for _ in range(self.warmup):
+                module(*inputs)
+            torch.cuda.synchronize(self.device)
+            return self._events(lambda: module(*inputs))
+
+    def _cuda_graph(self, module, inputs) -> float:
+        with torch.cuda.device(self.device):
+            # Warm up on a side stream (cuDNN autotuning, lazy init) before capture.
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                for _ in range(max(self.warmup, 3)):
+                    module(*inputs)
+            torch.cuda.current_stream().wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                module(*inputs)
+            for _ in range(self.warmup):
+                graph.replay()
+            torch.cuda.synchronize(self.device)
+            return self._events(graph.replay)

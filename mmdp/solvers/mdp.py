@@ -1,0 +1,311 @@
+"""MDP: one-hot widths per group and a keep binary per block, latency bilinear in the width
+choices of each layer's output and input groups (gated by its block), maximise kept importance
+under the latency budget.
+
+Backends:
+
+- `milp` (default): the products are linearised exactly and HiGHS (Pyomo's appsi interface, which
+  takes a MIP start) proves the optimum, starting from HALP's answer. For each
+  (output group, input group, block) a matrix z[k, j] >= 0 has row sums equal to the output
+  one-hot and column sums equal to the input one-hot. Both one-hots are the block-gated ones
+  u[g, k] = x[g, k] * keep[block] (sum_k u = keep, u <= x, which is exact because x is one-hot),
+  so a removed block forces z = 0 and a kept one leaves a transport plan between two unit vectors,
+  whose only solution is z[k, j] = x_out[k] * x_in[j]. This is the convex hull of each product,
+  so the LP relaxation is as tight as such a term allows.
+- `mindtpy`: the bilinear MINLP itself, solved by Pyomo's MindtPy outer approximation as the
+  published code did (GLPK for the MILP master, IPOPT for the NLP subproblems). On this non-convex
+  problem it is a heuristic: its answers are reported as `feasible`, never `optimal`.
+"""
+import time
+from collections import defaultdict
+from typing import Optional
+
+import numpy as np
+import pyomo.environ as pyo
+from mmengine.logging import print_log
+from pyomo.contrib.appsi.base import TerminationCondition
+from pyomo.contrib.appsi.solvers.highs import Highs
+from pyomo.opt import TerminationCondition as LegacyTermination
+
+from .base import BaseSolver, ChoiceSpace, SolverError, make_solution
+from .halp import HALPSolver
+from .problem import Problem, Solution
+from .registry import SOLVERS
+
+BACKENDS = ('milp', 'mindtpy')
+MINDTPY_DEFAULTS = dict(strategy='OA', mip_solver='glpk', nlp_solver='ipopt',
+                        heuristic_nonconvex=True)
+# How to get each sub-solver MindtPy may be asked for (Pyomo looks for executables on PATH,
+# except cyipopt and the appsi_* interfaces, which are Python packages).
+INSTALL_HINTS = {
+    'glpk': "GLPK's glpsol executable: `apt-get install glpk-utils`",
+    'ipopt': 'an `ipopt` executable on PATH: Debian ships only the library '
+             '(coinor-libipopt1v5), so take the binary from conda-forge (`conda install -c '
+             "conda-forge ipopt`) or build Ipopt from source; or pass nlp_solver='cyipopt'",
+    'cyipopt': '`apt-get install coinor-libipopt-dev pkg-config` then `pip install cyipopt` '
+               '(pip builds it against that library)',
+    'appsi_highs': '`pip install highspy`',
+    'cbc': "CBC's executable: `apt-get install coinor-cbc`",
+}
+
+
+def _gate(layer, removable: set) -> Optional[str]:
+    return layer.block if layer.block in removable else None
+
+
+def build_model(problem: Problem, space: ChoiceSpace, linearise: bool = True) -> pyo.ConcreteModel:
+    """The MDP program as a Pyomo model.
+
+    Latency and value are scaled to about [0, 1] (by the sum of each layer's largest entry) so
+    that the solver's absolute tolerances mean the same on every problem; `m.latency_scale` and
+    `m.value_scale` hold the factors. `m.rhs` is the scaled budget.
+    """
+    m = pyo.ConcreteModel('mdp')
+    allowed, removable = space.allowed, set(space.removable)
+    m.x = pyo.Var([(g, k) for g in problem.groups for k in allowed[g]], domain=pyo.Binary)
+    m.one_width = pyo.Constraint(
+        list(problem.groups), rule=lambda m, g: sum(m.x[g, k] for k in allowed[g]) == 1)
+    m.keep = pyo.Var(space.removable, domain=pyo.Binary)
+
+    # Gated one-hots u[g, b, k] = x[g, k] * keep[b], one per (group, removable block) in use.
+    gated = []
+    for layer in problem.layers:
+        gate = _gate(layer, removable)
+        for g in (layer.group, layer.input_group):
+            if gate is not None and g is not None and (g, gate) not in gated:
+                gated.append((g, gate))
+    m.u = pyo.Var([(g, b, k) for g, b in gated for k in allowed[g]], bounds=(0, 1))
+    m.u_sum = pyo.Constraint(
+        gated, rule=lambda m, g, b: sum(m.u[g, b, k] for k in allowed[g]) == m.keep[b])
+    m.u_le_x = pyo.Constraint(list(m.u.keys()), rule=lambda m, g, b, k: m.u[g, b, k] <= m.x[g, k])
+
+    def one_hot(g, gate, k):
+        return m.x[g, k] if gate is None else m.u[g, gate, k]
+
+    # Layers sharing (group, input group, gate) add up into one table.
+    value = defaultdict(float)  # (group, gate, k) -> importance
+    linear = defaultdict(float)  # (group, gate, k) -> latency of layers with a fixed input
+    tables = {}  # (group, input group, gate) -> summed latency table
+    latency_scale = value_scale = 0.0
+    for layer in problem.layers:
+        gate = _gate(layer, removable)
+        value_scale += float(np.abs(layer.importance).max())
+        latency_scale += float(np.abs(layer.latency).max())
+        for k in allowed[layer.group]:
+            value[layer.group, gate, k] += float(layer.importance[k])
+        if layer.input_group is None:
+            for k in allowed[layer.group]:
+                linear[layer.group, gate, k] += float(layer.latency[k])
+        else:
+            key = (layer.group, layer.input_group, gate)
+            tables[key] = tables.get(key, 0.0) + layer.latency
+    m.latency_scale = latency_scale or 1.0
+    m.value_scale = value_scale or 1.0
+
+    terms = [(c, one_hot(g, gate, k)) for (g, gate, k), c in linear.items()]
+    pairs = m.pairs = list(tables)
+    if linearise:
+        m.z = pyo.Var([(t, k, j) for t, (g, h, _) in enumerate(pairs)
+                       for k in allowed[g] for j in allowed[h]], bounds=(0, 1))
+        m.z_rows = pyo.Constraint(
+            [(t, k) for t, (g, _, _) in enumerate(pairs) for k in allowed[g]],
+            rule=lambda m, t, k: sum(m.z[t, k, j] for j in allowed[pairs[t][1]])
+            == one_hot(pairs[t][0], pairs[t][2], k))
+        m.z_cols = pyo.Constraint(
+            [(t, j) for t, (_, h, _) in enumerate(pairs) for j in allowed[h]],
+            rule=lambda m, t, j: sum(m.z[t, k, j] for k in allowed[pairs[t][0]])
+            == one_hot(pairs[t][1], pairs[t][2], j))
+        terms += [(float(tables[g, h, gate][k, j]), m.z[t, k, j])
+                  for t, (g, h, gate) in enumerate(pairs) for k in allowed[g] for j in allowed[h]]
+        m.latency = pyo.Expression(
+            expr=pyo.quicksum(c / m.latency_scale * v for c, v in terms))
+    else:
+        bilinear = [(float(tables[g, h, gate][k, j]), one_hot(g, gate, k) * one_hot(h, gate, j))
+                    for g, h, gate in pairs for k in allowed[g] for j in allowed[h]]
+        m.latency = pyo.Expression(expr=pyo.quicksum(
+            c / m.latency_scale * v for c, v in terms + bilinear))
+    m.value = pyo.Expression(expr=pyo.quicksum(
+        c / m.value_scale * one_hot(g, gate, k) for (g, gate, k), c in value.items()))
+    m.rhs = pyo.Param(mutable=True, initialize=problem.budget / m.latency_scale)
+    m.budget = pyo.Constraint(expr=m.latency <= m.rhs)
+    m.objective = pyo.Objective(expr=m.value, sense=pyo.maximize)
+    return m
+
+
+def read_choice(m: pyo.ConcreteModel, space: ChoiceSpace) -> tuple:
+    """The width positions and removed blocks held by the model's variables."""
+    positions = {g: max(ks, key=lambda k: pyo.value(m.x[g, k])) for g, ks in space.allowed.items()}
+    removed = [b for b in space.removable if pyo.value(m.keep[b]) < 0.5]
+    return positions, removed
+
+
+def set_choice(m: pyo.ConcreteModel, positions: dict, removed=()) -> None:
+    """Give every variable of a linearised model its value at a choice (a MIP start)."""
+    for (g, k), var in m.x.items():
+        var.set_value(int(positions[g] == k))
+    for b, var in m.keep.items():
+        var.set_value(int(b not in removed))
+    for (g, b, k), var in m.u.items():
+        var.set_value(int(positions[g] == k and b not in removed))
+    for (t, k, j), var in m.z.items():
+        g, h, gate = m.pairs[t]
+        var.set_value(int(positions[g] == k and positions[h] == j and gate not in removed))
+
+
+def _check_mindtpy_subsolvers(options: dict) -> None:
+    missing = []
+    for role in ('mip_solver', 'nlp_solver'):
+        name = options[role]
+        if not pyo.SolverFactory(name).available(exception_flag=False):
+            hint = INSTALL_HINTS.get(name, f'install the solver {name!r} for Pyomo')
+            missing.append(f'{role}={name!r} is not available; install {hint}')
+    if missing:
+        raise SolverError("mdp backend 'mindtpy' needs its sub-solvers: " + '; '.join(missing)
+                          + ". The default backend 'milp' needs only highspy.")
+
+
+@SOLVERS.register_module(name='mdp')
+class MDPSolver(BaseSolver):
+    """The MDP program (see the module doc).
+
+    Args:
+        backend: 'milp' (exact linearisation, HiGHS, proven optimum) or 'mindtpy'.
+        time_limit: seconds in all (model building included); past it the best solution found
+            is returned as `feasible` with its gap. None: no limit.
+        mip_rel_gap: relative gap at which HiGHS stops and calls the solution optimal.
+        min_widths: {group: smallest width allowed}.
+        removable_blocks: the blocks that may go (a subset of the problem's `blocks`);
+            None: all of them, []: none (channel-only pruning).
+        warm_start: start HiGHS from HALP's answer (exact knapsack, 10-step schedule); it
+            finds good solutions sooner, which matters most under a time limit.
+        mindtpy_options: options for MindtPy, over MINDTPY_DEFAULTS.
+        verbose: print the solver's log.
+    """
+    name = 'mdp'
+
+    def __init__(self, backend: str = 'milp', time_limit: Optional[float] = None,
+                 mip_rel_gap: float = 1e-6, min_widths: Optional[dict] = None,
+                 removable_blocks: Optional[list] = None, warm_start: bool = True,
+                 mindtpy_options: Optional[dict] = None, verbose: bool = False):
+        super().__init__(min_widths)
+        if backend not in BACKENDS:
+            raise ValueError(f'mdp: backend {backend!r} is not one of {BACKENDS}')
+        if time_limit is not None and not time_limit > 0:
+            raise ValueError(f'mdp: time_limit must be positive, found {time_limit}')
+        if not 0 <= mip_rel_gap < 1:
+            raise ValueError(f'mdp: mip_rel_gap must lie in [0, 1), found {mip_rel_gap}')
+        self.backend = backend
+        self.time_limit = time_limit
+        self.mip_rel_gap = mip_rel_gap
+        self.removable_blocks = removable_blocks
+        self.warm_start = warm_start
+        self.mindtpy_options = {**MINDTPY_DEFAULTS, **(mindtpy_options or {})}
+        self.verbose = verbose
+
+    def choice_space(self, problem: Problem) -> ChoiceSpace:
+        return ChoiceSpace.build(problem, min_widths=self.min_widths,
+                                 removable_blocks=self.removable_blocks)
+
+    def _solve(self, problem: Problem, space: ChoiceSpace) -> Solution:
+        self._deadline = None if self.time_limit is None else time.perf_counter() + self.time_limit
+        if self.backend == 'mindtpy':
+            return self._solve_mindtpy(problem, space)
+        return self._solve_milp(problem, space)
+
+    def _remaining(self) -> Optional[float]:
+        if self._deadline is None:
+            return None
+        return max(self._deadline - time.perf_counter(), 1e-3)
+
+    def _highs(self, m: pyo.ConcreteModel, warm_start: bool = False):
+        """Solve with HiGHS; loads the solution into `m` when there is one."""
+        solver = Highs()
+        if not solver.available():
+            raise SolverError('mdp: HiGHS is not available; install it with `pip install highspy`')
+        solver.config.stream_solver = self.verbose
+        solver.config.load_solution = False
+        solver.config.mip_gap = self.mip_rel_gap
+        solver.config.warmstart = warm_start
+        solver.set_instance(m)  # outside the timed part: the limit covers what is left after it
+        solver.config.time_limit = self._remaining()
+        results = solver.solve(m)
+        if results.best_feasible_objective is not None:
+            results.solution_loader.load_vars()
+        return results
+
+    def _start(self, problem: Problem, space: ChoiceSpace, m: pyo.ConcreteModel) -> bool:
+        """Set HALP's answer as a MIP start, when there is one within budget."""
+        if not self.warm_start:
+            return False
+        halp = HALPSolver(steps=10, bins=5000, min_widths=self.min_widths)
+        answer = halp._solve(problem, halp.choice_space(problem))
+        if answer.status == 'infeasible':
+            return False
+        set_choice(m, {g: problem.width_index[g][w] for g, w in answer.widths.items()})
+        return True
+
+    def _solve_milp(self, problem: Problem, space: ChoiceSpace) -> Solution:
+        start = time.perf_counter()
+        m = build_model(problem, space)
+        print_log(f'mdp: MILP with {m.nvariables()} variables and {m.nconstraints()} constraints '
+                  f'built in {time.perf_counter() - start:.2f} s', logger='current')
+        warm = self._start(problem, space, m)
+        # HiGHS meets the budget to its feasibility tolerance; a choice whose recomputed latency
+        # is still over it gets the excess taken off the right-hand side and is solved again.
+        for _ in range(3):
+            results = self._highs(m, warm)
+            condition = results.termination_condition
+            if condition in (TerminationCondition.infeasible,
+                             TerminationCondition.infeasibleOrUnbounded):
+                return self._smallest_latency(problem, space, m)
+            if results.best_feasible_objective is None:
+                raise SolverError(f'mdp: HiGHS found no solution ({condition.name}); '
+                                  + ('raise time_limit' if condition
+                                     == TerminationCondition.maxTimeLimit else 'see its log'))
+            positions, removed = read_choice(m, space)
+            latency = problem.evaluate({g: problem.groups[g][k] for g, k in positions.items()},
+                                       removed)[1]
+            if problem.fits(latency):
+                break
+            m.rhs = pyo.value(m.rhs) - 2 * (latency - problem.budget) / m.latency_scale
+            warm = False
+        else:
+            raise SolverError('mdp: HiGHS keeps returning choices over the budget')
+        incumbent, bound = results.best_feasible_objective, results.best_objective_bound
+        gap = None
+        if bound is not None and np.isfinite(bound):
+            gap = max(0.0, bound - incumbent) / max(abs(incumbent), 1e-12)
+        status = 'optimal' if condition == TerminationCondition.optimal else 'feasible'
+        return make_solution(problem, status, positions, removed, gap)
+
+    def _smallest_latency(self, problem: Problem, space: ChoiceSpace,
+                          m: pyo.ConcreteModel) -> Solution:
+        """The answer to an infeasible budget: the choice of smallest latency."""
+        m.objective.deactivate()
+        m.budget.deactivate()
+        m.min_latency = pyo.Objective(expr=m.latency, sense=pyo.minimize)
+        results = self._highs(m)
+        if results.best_feasible_objective is None:
+            raise SolverError('mdp: the budget is infeasible and no smallest-latency choice was '
+                              f'found ({results.termination_condition.name})')
+        positions, removed = read_choice(m, space)
+        solution = make_solution(problem, 'infeasible', positions, removed)
+        if problem.fits(solution.latency):
+            # The budget sits at HiGHS's tolerance: this choice is within it after all.
+            solution.status = 'feasible'
+        return solution
+
+    def _solve_mindtpy(self, problem: Problem, space: ChoiceSpace) -> Solution:
+        _check_mindtpy_subsolvers(self.mindtpy_options)
+        m = build_model(problem, space, linearise=False)
+        options = dict(self.mindtpy_options, tee=self.verbose)
+        if self._deadline is not None:
+            options['time_limit'] = self._remaining()
+        results = pyo.SolverFactory('mindtpy').solve(m, **options)
+        condition = results.solver.termination_condition
+        if condition == LegacyTermination.infeasible:
+            return self._smallest_latency(problem, space, build_model(problem, space))
+        if any(v.value is None for v in m.x.values()):
+            raise SolverError(f'mdp: MindtPy found no solution ({condition})')
+        positions, removed = read_choice(m, space)
+        return make_solution(problem, 'feasible', positions, removed)

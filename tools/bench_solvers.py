@@ -1,0 +1,100 @@
+"""Time the pruning solvers on synthetic ResNet-shaped problems and print a table.
+
+    python tools/bench_solvers.py                        # ResNet-18..152, chunks 8/16/32
+    python tools/bench_solvers.py --quick                # ResNet-50 and -101, 32-channel chunks
+    python tools/bench_solvers.py --depths 50 --chunks 32 --blocks on --time-limit 60
+
+Problems: mmdp.solvers.synthetic.resnet_problem (budget 55% of dense by default), with every
+block removable ('on') or none ('off'). Solvers: HALP exact and greedy (one shot, inputs frozen
+at the dense widths), HALP exact replaying its 30-step schedule offline, and MDP (MILP, HiGHS).
+`seconds` is wall time (model building included), `cpu_s` the process's CPU time, which is what
+to compare when other jobs share the cores.
+"""
+import argparse
+import json
+import os
+import time
+
+from mmengine.logging import MMLogger
+from tqdm import tqdm
+
+from mmdp.solvers import build_solver
+from mmdp.solvers.mdp import build_model
+from mmdp.solvers.synthetic import RESNETS, resnet_problem
+
+SOLVERS = {
+    'halp-exact': dict(type='halp', method='exact'),
+    'halp-greedy': dict(type='halp', method='greedy'),
+    'halp-30steps': dict(type='halp', method='exact', steps=30),
+    'mdp': dict(type='mdp'),
+}
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    parser.add_argument('--depths', type=int, nargs='+', default=sorted(RESNETS))
+    parser.add_argument('--chunks', type=int, nargs='+', default=[8, 16, 32])
+    parser.add_argument('--blocks', choices=['on', 'off', 'both'], default='both',
+                        help='removable blocks: all ("on"), none ("off") or both')
+    parser.add_argument('--solvers', nargs='+', choices=sorted(SOLVERS), default=list(SOLVERS))
+    parser.add_argument('--budget-ratio', type=float, default=0.55)
+    parser.add_argument('--time-limit', type=float, default=120.0, help='seconds per MDP solve')
+    parser.add_argument('--seed', type=int, default=0)
+    parser.add_argument('--quick', action='store_true',
+                        help='only ResNet-50 and ResNet-101 with 32-channel chunks')
+    parser.add_argument('--save-problems', help='folder to save each problem JSON into')
+    parser.add_argument('--out', help='write the rows as JSON lines here')
+    return parser.parse_args(argv)
+
+
+def format_row(row: dict) -> str:
+    gap = '-' if row['gap'] is None else f"{row['gap']:.1e}"
+    return (f"{row['problem']:<11}{row['chunk']:>6}{row['blocks']:>7}{row['groups']:>7}"
+            f"{row['layers']:>7}{row['milp_vars']:>10}  {row['solver']:<13}{row['status']:<11}"
+            f"{row['objective']:>12.1f}{row['latency']:>9.4f}{row['removed']:>8}{gap:>9}"
+            f"{row['seconds']:>9.2f}{row['cpu_seconds']:>9.2f}")
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    MMLogger.get_instance('mmdp-bench', log_level='WARNING')  # keep the solvers' logs quiet
+    if args.quick:
+        args.depths, args.chunks = [50, 101], [32]
+    block_modes = {'on': [True], 'off': [False], 'both': [True, False]}[args.blocks]
+    cases = [(d, c, b) for d in args.depths for c in args.chunks for b in block_modes]
+    header = (f"{'problem':<11}{'chunk':>6}{'blocks':>7}{'groups':>7}{'layers':>7}"
+              f"{'milp_vars':>10}  {'solver':<13}{'status':<11}{'objective':>12}"
+              f"{'latency':>9}{'removed':>8}{'gap':>9}{'seconds':>9}{'cpu_s':>9}")
+    print(header)
+    print('-' * len(header))
+    rows = []
+    for depth, chunk, blocks in tqdm(cases, desc='problems', leave=False):
+        problem = resnet_problem(depth, chunk, blocks, args.budget_ratio, seed=args.seed)
+        name = f'resnet{depth}'
+        if args.save_problems:
+            problem.save(os.path.join(args.save_problems,
+                                      f'{name}_c{chunk}_{"blocks" if blocks else "noblocks"}.json'))
+        space = build_solver('mdp').choice_space(problem)
+        n_vars = build_model(problem, space).nvariables()
+        for label in args.solvers:
+            cfg = dict(SOLVERS[label])
+            if cfg['type'] == 'mdp':
+                cfg['time_limit'] = args.time_limit
+            start, cpu = time.perf_counter(), time.process_time()
+            solution = build_solver(cfg).solve(problem)
+            row = dict(problem=name, chunk=chunk, blocks='all' if blocks else 'none',
+                       groups=len(problem.groups), layers=len(problem.layers),
+                       milp_vars=n_vars, solver=label, status=solution.status,
+                       objective=solution.objective, latency=solution.latency,
+                       removed=len(solution.removed_blocks), gap=solution.gap,
+                       seconds=time.perf_counter() - start,
+                       cpu_seconds=time.process_time() - cpu, budget=problem.budget)
+            rows.append(row)
+            tqdm.write(format_row(row))
+    if args.out:
+        with open(args.out, 'w') as f:
+            f.writelines(json.dumps(row) + '\n' for row in rows)
+
+
+if __name__ == '__main__':
+    main()

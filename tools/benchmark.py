@@ -1,0 +1,94 @@
+"""Frames per second of a detector at batch 1 (six views): warm-up, device synchronisation,
+fp32 or `--amp`, on test-set samples or, with `--fake-data`, random images of the configured size."""
+import argparse
+import json
+import os
+import os.path as osp
+import tempfile
+import time
+
+import numpy as np
+import torch
+from mmengine.config import DictAction
+from mmengine.registry import init_default_scope
+from mmengine.runner import Runner, load_checkpoint
+from mmdet3d.registry import MODELS
+
+import mmdp  # noqa: F401  (checkpoint loading on torch >= 2.6)
+from mmdp.config_utils import load_config
+from projects.streampetr.fake_inputs import fake_frame
+
+
+def parse_args():
+    parser = argparse.ArgumentParser(description='Benchmark detector FPS at batch 1')
+    parser.add_argument('config')
+    parser.add_argument('checkpoint', nargs='?', help='weights; random initialisation if absent')
+    parser.add_argument('--samples', type=int, default=50, help='timed frames')
+    parser.add_argument('--warmup', type=int, default=5, help='untimed frames first')
+    parser.add_argument('--amp', action='store_true', help='fp16 autocast (CUDA) / bf16 (CPU)')
+    parser.add_argument('--fake-data', action='store_true',
+                        help='random images at the config\'s img_size instead of the test set')
+    parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
+    parser.add_argument('--out', help='write the figures to this JSON file')
+    parser.add_argument('--cfg-options', nargs='+', action=DictAction)
+    return parser.parse_args()
+
+
+def main():
+    args = parse_args()
+    cfg = load_config(args.config, args.cfg_options)
+    init_default_scope(cfg.get('default_scope', 'mmdet3d'))
+    if cfg.get('custom_imports'):
+        from mmengine.utils import import_modules_from_strings
+        import_modules_from_strings(**cfg.custom_imports)
+    model = MODELS.build(cfg.model)
+    if args.checkpoint:
+        load_checkpoint(model, args.checkpoint, map_location='cpu')
+    else:
+        model.init_weights()
+    device = torch.device(args.device)
+    model.to(device).eval()
+    total = args.warmup + args.samples
+    if args.fake_data:
+        batches = (fake_frame(*cfg.img_size, index=i) for i in range(total))
+    else:
+        loader_cfg = cfg.test_dataloader.copy()
+        loader_cfg.num_workers, loader_cfg.persistent_workers = 2, False
+        batches = Runner.build_dataloader(loader_cfg)
+    amp_dtype = torch.float16 if device.type == 'cuda' else torch.bfloat16
+    times = []
+    with torch.no_grad():
+        for i, batch in enumerate(batches):
+            if i >= total:
+                break
+            if device.type == 'cuda':
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            with torch.autocast(device.type, dtype=amp_dtype, enabled=args.amp):
+                data = model.data_preprocessor(batch, False)
+                model(**data, mode='predict')
+                if device.type == 'cuda':
+                    torch.cuda.synchronize()
+            if i >= args.warmup:
+                times.append(time.perf_counter() - start)
+    if not times:
+        raise RuntimeError(f'no frame was timed: the data gave fewer than {args.warmup + 1} '
+                           f'samples; lower --warmup or use --fake-data')
+    ms = 1000 * np.asarray(times)
+    result = dict(config=args.config, checkpoint=args.checkpoint, device=str(device),
+                  device_name=torch.cuda.get_device_name(device) if device.type == 'cuda'
+                  else 'cpu', precision='amp' if args.amp else 'fp32', batch_size=1,
+                  views=6, frames=len(times), median_ms=float(np.median(ms)),
+                  mean_ms=float(ms.mean()), fps=float(1000 / np.median(ms)),
+                  torch=torch.__version__)
+    print(json.dumps(result, indent=2))
+    if args.out:
+        os.makedirs(osp.dirname(osp.abspath(args.out)), exist_ok=True)
+        with tempfile.NamedTemporaryFile('w', dir=osp.dirname(osp.abspath(args.out)),
+                                         delete=False, suffix='.json') as f:
+            json.dump(result, f, indent=2)
+        os.replace(f.name, args.out)
+
+
+if __name__ == '__main__':
+    main()

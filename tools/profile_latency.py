@@ -1,0 +1,96 @@
+"""Profile the latency table of a model's backbone.
+
+    python tools/profile_latency.py CONFIG --out TABLE [--dtype fp32|fp16] [--step 32]
+        [--mode eager|cudagraph] [--input-shape N C H W] [--repeats R] [--samples S]
+
+Times every prunable conv over its (output width, input width) grid at its real input size, then
+times the dense backbone and S random prunings end to end and fits the overhead terms of the LUT
+models. The table is saved after every layer and every timed structure; running the same command
+again resumes an interrupted run.
+"""
+import argparse
+import os
+
+import torch
+
+from mmdp.latency import (DTYPES, MODES, TERMS, LatencyTable, MeasuredLatency, Timer,
+                          build_from_config, device_name, fit_table, make_meta,
+                          measure_samples, profile_layers)
+from mmdp.structure import derive_structure
+
+# Settings a resumed run must share with the partial table it continues.
+RESUME_FIELDS = ('step', 'repeats', 'warmup', 'batch')
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    parser.add_argument('config', help='mmengine config of a detector or a bare backbone')
+    parser.add_argument('--out', required=True, help='latency table JSON to write (or resume)')
+    parser.add_argument('--dtype', choices=sorted(DTYPES), default='fp32')
+    parser.add_argument('--step', type=int, default=32, help='channel step of the width grid')
+    parser.add_argument('--mode', choices=MODES, default='eager')
+    parser.add_argument('--input-shape', type=int, nargs=4, metavar=('N', 'C', 'H', 'W'),
+                        help="backbone input; default: the config's latency_input_shape")
+    parser.add_argument('--repeats', type=int, default=100, help='timed runs per measurement')
+    parser.add_argument('--warmup', type=int, default=10, help='untimed runs before timing')
+    parser.add_argument('--samples', type=int, default=40,
+                        help='random prunings timed end to end to fit the overheads')
+    parser.add_argument('--seed', type=int, default=0)
+    parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
+    parser.add_argument('--threads', type=int, help='CPU threads (torch.set_num_threads)')
+    args = parser.parse_args(argv)
+    if args.samples < len(TERMS) - 1:
+        parser.error(f'--samples must be at least {len(TERMS) - 1} to fit {len(TERMS)} '
+                     f'overhead terms {TERMS} (with the dense timing)')
+    return args
+
+
+def open_table(path: str, structure, meta: dict) -> LatencyTable:
+    """A new table, or the partial one at `path` when it was profiled in the same setting."""
+    if not os.path.exists(path):
+        return LatencyTable.new(structure, meta)
+    table = LatencyTable.load(path, **{k: meta[k] for k in ('device', 'input_shape', 'mode',
+                                                            'dtype')})
+    for name in RESUME_FIELDS:
+        if table.meta[name] != meta[name]:
+            raise ValueError(f'{path}: {name} is {table.meta[name]!r} in the table but '
+                             f'{meta[name]!r} here; use another --out or the same settings')
+    table.check_structure(structure)
+    print(f'resuming {path}: {len(table.tables)}/{len(structure.layers)} layers, '
+          f'{len(table.samples)} end-to-end timings done')
+    return table
+
+
+def main(argv=None) -> LatencyTable:
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    timer = Timer(args.device, args.mode, args.repeats, args.warmup)  # refuses a bad mode early
+    model, input_shape = build_from_config(args.config, args.input_shape)
+    structure = derive_structure(model, input_shape)
+    backbone = model.get_submodule(structure.backbone) if structure.backbone else model
+    meta = make_meta(args.device, args.dtype, input_shape, args.step, args.mode, args.repeats,
+                     args.warmup, os.path.abspath(args.config))
+    table = open_table(args.out, structure, meta)
+    print(f"{len(structure.layers)} prunable convs, {len(structure.groups)} channel groups, "
+          f"{len(structure.blocks)} removable blocks on {device_name(args.device)}")
+
+    def save():
+        table.save(args.out)
+
+    profile_layers(table, timer, DTYPES[args.dtype], save)
+    measured = MeasuredLatency(backbone, input_shape, structure, args.device, args.dtype,
+                               args.mode, args.repeats, args.warmup)
+    measure_samples(table, measured, args.samples, args.seed, save)
+    errors = fit_table(table)
+    save()
+    print(f'dense backbone: {table.dense_ms:.3f} ms end to end')
+    for name, fit in table.fits.items():
+        terms = ', '.join(f'{k}={v:.4g}' for k, v in fit.items())
+        print(f'{name}: {terms}; in-sample MAPE {errors[name]:.1f}%')
+    print(f'saved {args.out}')
+    return table
+
+
+if __name__ == '__main__':
+    main()

@@ -1,0 +1,150 @@
+"""Check latency models against end-to-end timings of random pruned backbones.
+
+    python tools/validate_latency.py CONFIG --table TABLE -n 50 [--out-dir DIR]
+
+Samples n random structures (widths on the table's grid, about a quarter of the blocks removed),
+predicts each with every latency model (and the plain, unfitted sum of the table entries), times
+each end to end, and reports per model the mean absolute percentage error (raw, and after scaling
+so that the dense backbone is exact) and the Spearman rank correlation. Writes
+latency_validation.json and latency_validation.png to --out-dir.
+"""
+import argparse
+import os
+import tempfile
+
+import matplotlib
+import numpy as np
+import torch
+from scipy.stats import spearmanr
+from tqdm import tqdm
+
+from mmdp.latency import (DTYPES, MODES, BilinearLutLatency, FlopsLatency, LatencyTable,
+                          LinearLutLatency, MeasuredLatency, build_from_config, device_name,
+                          sample_choices)
+from mmdp.solvers.problem import atomic_write_json
+from mmdp.structure import StructureChoice, derive_structure
+
+matplotlib.use('Agg')
+import matplotlib.pyplot as plt  # noqa: E402  (after choosing the headless backend)
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    parser.add_argument('config', help='mmengine config of a detector or a bare backbone')
+    parser.add_argument('--table', required=True, help='latency table from profile_latency.py')
+    parser.add_argument('-n', type=int, default=50, help='random structures to check')
+    parser.add_argument('--out-dir', default='.', help='where the JSON and the plot go')
+    parser.add_argument('--dtype', choices=sorted(DTYPES), default='fp32')
+    parser.add_argument('--mode', choices=MODES, default='eager')
+    parser.add_argument('--input-shape', type=int, nargs=4, metavar=('N', 'C', 'H', 'W'),
+                        help="backbone input; default: the config's latency_input_shape")
+    parser.add_argument('--repeats', type=int, default=100, help='timed runs per measurement')
+    parser.add_argument('--warmup', type=int, default=10)
+    parser.add_argument('--removal', type=float, default=0.25,
+                        help='probability that a block is removed')
+    parser.add_argument('--seed', type=int, default=1, help='differs from the profiling seed')
+    parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
+    parser.add_argument('--threads', type=int, help='CPU threads (torch.set_num_threads)')
+    args = parser.parse_args(argv)
+    if args.n < 2:
+        parser.error('-n must be at least 2 for a rank correlation')
+    return args
+
+
+def figures(predicted: np.ndarray, measured: np.ndarray, dense_pred: float,
+            dense_ms: float) -> dict:
+    scaled = predicted * dense_ms / dense_pred
+    return {'mape': float(100 * np.mean(np.abs(predicted - measured) / measured)),
+            'mape_dense_scaled': float(100 * np.mean(np.abs(scaled - measured) / measured)),
+            'spearman': float(spearmanr(predicted, measured).statistic)}
+
+
+def save_plot(path: str, measured: np.ndarray, predictions: dict, title: str) -> None:
+    fig, ax = plt.subplots(figsize=(6, 6))
+    for name, values in predictions.items():
+        ax.scatter(measured, values, s=14, label=name, alpha=0.8)
+    everything = np.concatenate([measured, *predictions.values()])
+    lims = [everything.min() * 0.95, everything.max() * 1.05]
+    ax.plot(lims, lims, 'k--', lw=1, label='exact')
+    ax.set(xlim=lims, ylim=lims, xlabel='measured end to end (ms)', ylabel='predicted (ms)',
+           title=title)
+    ax.legend()
+    fig.tight_layout()
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), suffix='.png')
+    os.close(fd)
+    try:
+        fig.savefig(tmp, dpi=120)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it private
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+    finally:
+        plt.close(fig)
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    model, input_shape = build_from_config(args.config, args.input_shape)
+    structure = derive_structure(model, input_shape)
+    backbone = model.get_submodule(structure.backbone) if structure.backbone else model
+    table = LatencyTable.load(args.table, device=device_name(args.device),
+                              input_shape=input_shape, mode=args.mode, dtype=args.dtype)
+    table.check_structure(structure)
+
+    def timed():
+        return MeasuredLatency(backbone, input_shape, structure, args.device, args.dtype,
+                               args.mode, args.repeats, args.warmup)
+    models = {'lut_bilinear': BilinearLutLatency(table), 'lut_linear': LinearLutLatency(table),
+              'lut_sum': BilinearLutLatency(table, fitted=False), 'flops': FlopsLatency(table),
+              'measured': timed()}
+    truth = timed()
+
+    dense = StructureChoice()
+    dense_ms = truth.predict(dense)
+    dense_pred = {name: m.predict(dense) for name, m in models.items()}
+    choices = sample_choices(structure, table.widths, args.n, args.seed, args.removal)
+    measured, predicted, samples = [], {name: [] for name in models}, []
+    for choice in tqdm(choices, desc='validate', unit='net'):
+        ms = truth.predict(choice)
+        measured.append(ms)
+        pred = {name: m.predict(choice) for name, m in models.items()}
+        for name, value in pred.items():
+            predicted[name].append(value)
+        samples.append({'widths': choice.all_widths(structure),
+                        'removed_blocks': sorted(choice.removed_blocks), 'measured_ms': ms,
+                        'predicted_ms': pred})
+    measured = np.array(measured)
+    predicted = {name: np.array(v) for name, v in predicted.items()}
+    results = {name: figures(predicted[name], measured, dense_pred[name], dense_ms)
+               for name in models}
+
+    kind = 'CPU' if torch.device(args.device).type == 'cpu' else 'GPU'
+    print(f'{args.n} structures on {table.meta["device"]} ({kind}), input {list(input_shape)}, '
+          f'{args.mode} {args.dtype}; dense {dense_ms:.3f} ms, measured '
+          f'{measured.min():.3f}..{measured.max():.3f} ms')
+    print(f'{"model":<14}{"MAPE %":>9}{"MAPE % (dense-scaled)":>24}{"Spearman":>10}')
+    for name, r in results.items():
+        print(f'{name:<14}{r["mape"]:>9.1f}{r["mape_dense_scaled"]:>24.1f}'
+              f'{r["spearman"]:>10.3f}')
+
+    os.makedirs(args.out_dir, exist_ok=True)
+    report = {'table': os.path.abspath(args.table), 'table_meta': table.meta, 'n': args.n,
+              'seed': args.seed, 'removal': args.removal, 'device': table.meta['device'],
+              'dense_ms': dense_ms, 'dense_predicted_ms': dense_pred, 'models': results,
+              'samples': samples}
+    atomic_write_json(os.path.join(args.out_dir, 'latency_validation.json'), report)
+    save_plot(os.path.join(args.out_dir, 'latency_validation.png'), measured,
+              predicted,
+              f'{structure.backbone or "backbone"} {list(input_shape)} {args.mode} '
+              f'{args.dtype} ({kind})')
+    print(f'saved {args.out_dir}/latency_validation.json and latency_validation.png')
+    return report
+
+
+if __name__ == '__main__':
+    main()
