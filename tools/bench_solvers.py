@@ -68,7 +68,7 @@ def main(argv=None):
     print(header)
     print('-' * len(header))
     rows = []
-    for depth, chunk, blocks in tqdm(cases, desc='problems', leave=False):
+    for depth, chunk, blocks in tqdm(cases, desc='problems', leave=False, disable=None):
         problem = resnet_problem(depth, chunk, blocks, args.budget_ratio, seed=args.seed)
         name = f'resnet{depth}'
         if args.save_problems:

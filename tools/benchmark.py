@@ -16,7 +16,12 @@ from mmdet3d.registry import MODELS
 
 import mmdp  # noqa: F401  (checkpoint loading on torch >= 2.6)
 from mmdp.config_utils import load_config
+from mmdp.latency.breakdown import module_timer
 from projects.streampetr.fake_inputs import fake_frame
+
+
+# Timed parts of a detector: (module attribute, as named in the report).
+PARTS = ('img_backbone', 'img_neck', 'pts_bbox_head')
 
 
 def parse_args():
@@ -57,7 +62,8 @@ def main():
         batches = Runner.build_dataloader(loader_cfg)
     amp_dtype = torch.float16 if device.type == 'cuda' else torch.bfloat16
     times = []
-    with torch.no_grad():
+    parts = [p for p in PARTS if hasattr(model, p)]
+    with torch.no_grad(), module_timer(model, parts, device) as part_times:
         for i, batch in enumerate(batches):
             if i >= total:
                 break
@@ -71,15 +77,22 @@ def main():
                     torch.cuda.synchronize()
             if i >= args.warmup:
                 times.append(time.perf_counter() - start)
+            else:  # warm-up frames do not count in the breakdown either
+                for v in part_times.values():
+                    v.clear()
     if not times:
         raise RuntimeError(f'no frame was timed: the data gave fewer than {args.warmup + 1} '
                            f'samples; lower --warmup or use --fake-data')
     ms = 1000 * np.asarray(times)
+    breakdown = {p: float(1000 * np.median(part_times[p])) for p in parts}
+    # What the named modules do not cover: data preprocessing, decoding, packing the results.
+    breakdown['other'] = float(np.median(ms)) - sum(breakdown.values())
     result = dict(config=args.config, checkpoint=args.checkpoint, device=str(device),
                   device_name=torch.cuda.get_device_name(device) if device.type == 'cuda'
                   else 'cpu', precision='amp' if args.amp else 'fp32', batch_size=1,
                   views=6, frames=len(times), median_ms=float(np.median(ms)),
                   mean_ms=float(ms.mean()), fps=float(1000 / np.median(ms)),
+                  breakdown_ms=breakdown,
                   torch=torch.__version__)
     print(json.dumps(result, indent=2))
     if args.out:
