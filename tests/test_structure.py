@@ -92,7 +92,7 @@ def build_detector(depth: int = 18):
     mmdet3d.utils.register_all_modules(init_default_scope=False)
     channels = [256, 512] if depth < 50 else [1024, 2048]
     model = MODELS.build(dict(
-        type='MVXTwoStageDetector',
+        type='mmdet3d.MVXTwoStageDetector',
         img_backbone=dict(type='mmdet.ResNet', depth=depth, out_indices=(2, 3)),
         img_neck=dict(type='mmdet.FPN', in_channels=channels, out_channels=32, num_outs=2),
         data_preprocessor=dict(type='mmdet3d.Det3DDataPreprocessor')))

@@ -6,7 +6,7 @@ import os.path as osp
 from mmengine.config import DictAction
 from mmengine.runner import Runner
 
-import mmdp  # noqa: F401  (checkpoint loading on torch >= 2.6)
+import mmdp.checkpoint_compat  # noqa: F401  (checkpoint loading on torch >= 2.6)
 from mmdp.config_utils import load_config
 
 

@@ -9,7 +9,7 @@ from mmengine.logging import print_log
 from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 
-import mmdp  # noqa: F401  (checkpoint loading on torch >= 2.6)
+import mmdp.checkpoint_compat  # noqa: F401  (checkpoint loading on torch >= 2.6)
 from mmdp.config_utils import load_config, scale_schedule
 
 

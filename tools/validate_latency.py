@@ -10,7 +10,6 @@ latency_validation.json and latency_validation.png to --out-dir.
 """
 import argparse
 import os
-import tempfile
 
 import matplotlib
 import numpy as np
@@ -21,7 +20,7 @@ from tqdm import tqdm
 from mmdp.latency import (DTYPES, MODES, BilinearLutLatency, FlopsLatency, LatencyTable,
                           LinearLutLatency, MeasuredLatency, build_from_config, device_name,
                           sample_choices)
-from mmdp.solvers.problem import atomic_write_json
+from mmdp.fileio import atomic_write, atomic_write_json
 from mmdp.structure import StructureChoice, derive_structure
 
 matplotlib.use('Agg')
@@ -70,19 +69,8 @@ def save_plot(path: str, measured: np.ndarray, predictions: dict, title: str) ->
            title=title)
     ax.legend()
     fig.tight_layout()
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), suffix='.png')
-    os.close(fd)
-    try:
-        fig.savefig(tmp, dpi=120)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it private
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-    finally:
-        plt.close(fig)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120, format='png'))
+    plt.close(fig)
 
 
 def main(argv=None) -> dict:

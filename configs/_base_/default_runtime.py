@@ -1,5 +1,7 @@
 default_scope = 'mmdet3d'
-custom_imports = dict(imports=['mmdp', 'projects.streampetr'], allow_failed_imports=False)
+# checkpoint_compat: mmengine's checkpoints load on torch >= 2.6 (see README).
+custom_imports = dict(imports=['mmdp.checkpoint_compat', 'projects.streampetr'],
+                      allow_failed_imports=False)
 
 default_hooks = dict(
     timer=dict(type='IterTimerHook'),

@@ -10,7 +10,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from mmdp.solvers.problem import atomic_write_json
+from mmdp.fileio import atomic_write_json
 from mmdp.structure import Structure
 
 from .timer import cudnn_version, device_name

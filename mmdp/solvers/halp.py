@@ -35,7 +35,7 @@ METHODS = ('exact', 'greedy')
 
 
 def knapsack_items(problem: Problem, space: ChoiceSpace, current: dict) -> tuple:
-    """Per group: the allowed positions, their values and their frozen-input costs."""
+    """Per group: the values and frozen-input costs of its allowed positions, in order."""
     values = {g: np.zeros(len(ks)) for g, ks in space.allowed.items()}
     costs = {g: np.zeros(len(ks)) for g, ks in space.allowed.items()}
     for layer in problem.layers:

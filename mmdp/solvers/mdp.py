@@ -16,6 +16,7 @@ Backends:
   published code did (GLPK for the MILP master, IPOPT for the NLP subproblems). On this non-convex
   problem it is a heuristic: its answers are reported as `feasible`, never `optimal`.
 """
+import logging
 import time
 from collections import defaultdict
 from typing import Optional
@@ -38,14 +39,14 @@ MINDTPY_DEFAULTS = dict(strategy='OA', mip_solver='glpk', nlp_solver='ipopt',
 # How to get each sub-solver MindtPy may be asked for (Pyomo looks for executables on PATH,
 # except cyipopt and the appsi_* interfaces, which are Python packages).
 INSTALL_HINTS = {
-    'glpk': "GLPK's glpsol executable: `apt-get install glpk-utils`",
-    'ipopt': 'an `ipopt` executable on PATH: Debian ships only the library '
-             '(coinor-libipopt1v5), so take the binary from conda-forge (`conda install -c '
-             "conda-forge ipopt`) or build Ipopt from source; or pass nlp_solver='cyipopt'",
-    'cyipopt': '`apt-get install coinor-libipopt-dev pkg-config` then `pip install cyipopt` '
+    'glpk': "`apt-get install glpk-utils` (GLPK's glpsol)",
+    'ipopt': 'an `ipopt` executable on PATH; Debian ships only the library (coinor-libipopt1v5), '
+             'so take the binary from conda-forge (`conda install -c conda-forge ipopt`) or build '
+             "Ipopt from source, or pass nlp_solver='cyipopt'",
+    'cyipopt': '`apt-get install coinor-libipopt-dev pkg-config`, then `pip install cyipopt` '
                '(pip builds it against that library)',
     'appsi_highs': '`pip install highspy`',
-    'cbc': "CBC's executable: `apt-get install coinor-cbc`",
+    'cbc': '`apt-get install coinor-cbc`',
 }
 
 
@@ -157,8 +158,8 @@ def _check_mindtpy_subsolvers(options: dict) -> None:
     for role in ('mip_solver', 'nlp_solver'):
         name = options[role]
         if not pyo.SolverFactory(name).available(exception_flag=False):
-            hint = INSTALL_HINTS.get(name, f'install the solver {name!r} for Pyomo')
-            missing.append(f'{role}={name!r} is not available; install {hint}')
+            hint = INSTALL_HINTS.get(name, f'install {name!r} where Pyomo finds it')
+            missing.append(f'{role}={name!r} is not available; to get it: {hint}')
     if missing:
         raise SolverError("mdp backend 'mindtpy' needs its sub-solvers: " + '; '.join(missing)
                           + ". The default backend 'milp' needs only highspy.")
@@ -267,6 +268,9 @@ class MDPSolver(BaseSolver):
                                        removed)[1]
             if problem.fits(latency):
                 break
+            print_log(f'mdp: the recomputed latency {latency:.9g} is over the budget by '
+                      f'{latency - problem.budget:.3g} (solver tolerance); solving again with '
+                      'the excess taken off', logger='current', level=logging.WARNING)
             m.rhs = pyo.value(m.rhs) - 2 * (latency - problem.budget) / m.latency_scale
             warm = False
         else:

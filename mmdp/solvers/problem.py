@@ -2,11 +2,12 @@
 import json
 import math
 import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from typing import Optional
 
 import numpy as np
+
+from mmdp.fileio import atomic_write_json
 
 FORMAT_VERSION = 1
 STATUSES = ('optimal', 'feasible', 'infeasible')
@@ -22,22 +23,6 @@ class ProblemError(ValueError):
 def _is_number(value) -> bool:
     return (isinstance(value, (int, float)) and not isinstance(value, bool)
             and math.isfinite(value))
-
-
-def atomic_write_json(path, data: dict) -> None:
-    """Write `data` as JSON so that `path` holds either the old file or the whole new one."""
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix='.' + os.path.basename(path), suffix='.tmp')
-    try:
-        with os.fdopen(fd, 'w') as f:
-            json.dump(data, f, indent=2)
-            f.write('\n')
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
 
 
 def read_json(path) -> dict:

@@ -1,0 +1,28 @@
+# JointPruning-45% at CPU-test scale (the small config's model and data): MACs of the derived
+# backbone as the latency model (no table to profile), a short search, then fine-tuning.
+_base_ = ['./streampetr_r50_small_cpu.py']
+
+custom_imports = dict(imports=['mmdp', 'projects.streampetr', 'mmdp.jointprune'],
+                      allow_failed_imports=False)
+
+# Full size first; multiples of 16 (see configs/streampetr_jointprune45.py).
+ladder = [(96, 256), (80, 224), (64, 192)]
+model = dict(data_preprocessor=dict(pad_size_divisor=16))
+
+custom_hooks = [
+    dict(type='JointPruningHook',
+         prune_ratio=0.45,
+         latency=dict(type='flops'),
+         ladder=ladder,
+         chunk=32,
+         min_width=0.25,
+         min_depth=1,
+         prune_residual=True,
+         search_begin=0,
+         search_end=10,
+         interval=1,
+         pairs=1,
+         step=0.1,
+         sigma=0.15,
+         seed=0),
+]

@@ -1,0 +1,17 @@
+# MDP-45% at CPU-test scale (configs/streampetr_r50_small_cpu.py): saliency over iterations 0-2,
+# the one-shot pruning event before iteration 3, fine-tuning to iteration 8. Its latency table:
+#   python tools/profile_latency.py configs/streampetr_r50_small_cpu.py \
+#       --out work_dirs/latency/streampetr_small_cpu.json --step 64
+_base_ = ['./streampetr_r50_small_cpu.py']
+
+custom_imports = dict(imports=['mmdp.checkpoint_compat', 'mmdp.hooks', 'projects.streampetr'],
+                      allow_failed_imports=False)
+train_cfg = dict(max_iters=8, val_interval=8)
+default_hooks = dict(checkpoint=dict(interval=4))
+
+custom_hooks = [
+    dict(type='SaliencyHook', begin=0, end=3),
+    dict(type='PruningHook', latency_table='work_dirs/latency/streampetr_small_cpu.json',
+         latency_model='lut_bilinear', solver=dict(type='mdp', time_limit=30),
+         prune_ratio=0.45, chunk=64, at_iter=3),
+]

@@ -1,0 +1,106 @@
+"""Turn a checkpoint of a pruning run (masked, dense-shaped) into a physically smaller model: a
+config that inherits the training config with a `PrunedResNet` backbone, and its weights."""
+import os
+import os.path as osp
+import pprint
+from typing import Optional
+
+import torch
+from mmengine.registry import init_default_scope
+from mmengine.runner.checkpoint import _load_checkpoint
+from mmengine.utils import import_modules_from_strings
+
+import mmdp.checkpoint_compat  # noqa: F401  (mmengine checkpoints load on torch >= 2.6)
+from mmdp.config_utils import load_config
+from mmdp.fileio import atomic_write
+from mmdp.pruning import CHECKPOINT_KEY, PruningMasks, PruningState
+from mmdp.structure import derive_structure, prune_copy
+
+from .pruned_resnet import PROBE_SHAPE
+
+PRUNING_HOOKS = ('SaliencyHook', 'PruningHook')
+EXPORT_IMPORT = 'mmdp.export'
+
+
+def _write_text(path: str, text: str) -> None:
+    with open(path, 'w') as f:
+        f.write(text)
+
+
+def _build_model(cfg):
+    init_default_scope(cfg.get('default_scope', 'mmdet3d'))
+    if cfg.get('custom_imports'):
+        import_modules_from_strings(**cfg.custom_imports)
+    from mmdet3d.registry import MODELS
+    return MODELS.build(cfg.model)
+
+
+def _check_masked(model, structure, choice, checkpoint: str) -> None:
+    """The checkpoint's weights must be zero wherever the pruning state prunes."""
+    masks = PruningMasks(structure, choice)
+    for name, mask in masks.masks.items():
+        param = model.get_parameter(name)
+        if torch.count_nonzero(param[~mask.expand_as(param)]):
+            raise ValueError(f'{checkpoint}: {name} is not zero on the channels its pruning '
+                             'state prunes; the checkpoint was not written by a run with the '
+                             'pruning hooks')
+
+
+def pruned_config_text(config: str, cfg, structure, choice, weights: str,
+                       checkpoint: str) -> str:
+    prefix = structure.backbone + '.' if structure.backbone else ''
+    widths = {g[len(prefix):]: w for g, w in choice.all_widths(structure).items()
+              if w != structure.groups[g]}
+    removed = [b[len(prefix):] for b in structure.block_names if b in choice.removed_blocks]
+    imports = list(cfg.get('custom_imports', {}).get('imports', []))
+    hooks = [h for h in cfg.to_dict().get('custom_hooks', []) if h.get('type') not in PRUNING_HOOKS]
+    backbone = dict(type='PrunedResNet', init_cfg=None, widths=widths, removed_blocks=removed)
+    model = dict(img_backbone=backbone)
+    if structure.consumers:
+        model['img_neck'] = dict(in_channels=[choice.width(structure, g)
+                                              for g in structure.outputs])
+    body = {
+        'custom_imports': dict(imports=imports + [EXPORT_IMPORT] * (EXPORT_IMPORT not in imports),
+                               allow_failed_imports=False),
+        'model': model,
+        'custom_hooks': hooks,
+        'load_from': osp.abspath(weights),
+    }
+    lines = [f'# Written by tools/export_pruned.py from {osp.abspath(checkpoint)}:',
+             '# the training config with its backbone physically pruned.',
+             f'_base_ = [{osp.abspath(config)!r}]', '']
+    lines += [f'{key} = {pprint.pformat(value, width=100, sort_dicts=False)}'
+              for key, value in body.items()]
+    return '\n'.join(lines) + '\n'
+
+
+def export_pruned(config: str, checkpoint: str, out_dir: str,
+                  cfg_options: Optional[dict] = None) -> tuple:
+    """Write `out_dir/pruned.py` and `out_dir/pruned.pth`; returns their paths."""
+    cfg = load_config(config, cfg_options)
+    model = _build_model(cfg)
+    ckpt = _load_checkpoint(checkpoint, map_location='cpu')
+    if CHECKPOINT_KEY not in ckpt:
+        raise ValueError(f'{checkpoint} holds no pruning state: export a checkpoint written by '
+                         'a run with the pruning hooks (PruningHook) after its first pruning event')
+    state = PruningState.from_dict(ckpt[CHECKPOINT_KEY])
+    if not state.pruned:
+        raise ValueError(f'{checkpoint} was written before the first pruning event: nothing is '
+                         'pruned yet')
+    model.load_state_dict(ckpt['state_dict'], strict=True)
+    model.eval()
+    structure = derive_structure(model, PROBE_SHAPE)
+    choice = state.choice()
+    choice.check(structure)
+    _check_masked(model, structure, choice, checkpoint)
+    pruned = prune_copy(model, structure, choice)
+
+    os.makedirs(out_dir, exist_ok=True)
+    weights, config_out = osp.join(out_dir, 'pruned.pth'), osp.join(out_dir, 'pruned.py')
+    meta = {'source_config': osp.abspath(config), 'source_checkpoint': osp.abspath(checkpoint),
+            'iter': ckpt.get('meta', {}).get('iter'), CHECKPOINT_KEY: state.to_dict()}
+    atomic_write(weights, lambda tmp: torch.save(
+        {'meta': meta, 'state_dict': pruned.state_dict()}, tmp))
+    text = pruned_config_text(config, cfg, structure, choice, weights, checkpoint)
+    atomic_write(config_out, lambda tmp: _write_text(tmp, text))
+    return config_out, weights

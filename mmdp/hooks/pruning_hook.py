@@ -1,0 +1,229 @@
+"""The hook that prunes the backbone under a latency budget during training (MDP or HALP)."""
+import os.path as osp
+import traceback
+from typing import Optional, Union
+
+from mmdet3d.registry import HOOKS
+from mmengine.dist import broadcast_object_list, is_main_process
+from mmengine.hooks import Hook
+from mmengine.optim import OptimWrapperDict
+
+from mmdp.fileio import atomic_write_json
+from mmdp.latency import (LATENCY_MODELS, BilinearLutLatency, LatencyTable, LinearLutLatency,
+                          TableMismatchError, device_name)
+from mmdp.pruning.event import build_problem, choice_from_solution, format_summary, summarize
+from mmdp.pruning.masks import PruningMasks
+from mmdp.pruning.state import CHECKPOINT_KEY, PruningState
+from mmdp.solvers import SOLVERS, HALPSolver, build_solver
+from mmdp.structure import StructureChoice
+
+from .runner_utils import bare_model, runner_structure
+from .saliency_hook import SaliencyHook
+
+
+@HOOKS.register_module()
+class PruningHook(Hook):
+    """Prune channels and residual blocks of the backbone to a latency budget.
+
+    Pruning event s = 1..steps runs before iteration `at_iter + (s - 1) * interval` (0-based,
+    i.e. after that many iterations) with the budget L0 * (1 - prune_ratio) ** (s / steps),
+    L0 the dense backbone's latency under `latency_model`. MDP is one step with the 'mdp'
+    solver and the bilinear LUT; HALP is N steps with the 'halp' solver and the linear LUT,
+    whose input widths are frozen at their current values. The saliency comes from the
+    `SaliencyHook` of the same run (what it collected since the previous event).
+
+    The solver runs on rank 0 and its decision is broadcast. Each event writes its problem,
+    solution and summary JSON to `<work_dir>/<out_dir>/`. Pruned channels and removed blocks are
+    masked in the live model (see `mmdp.pruning.masks`); the state travels in checkpoints.
+
+    Args:
+        latency_table: table file of `tools/profile_latency.py` for this device and the
+            config's `latency_input_shape`.
+        prune_ratio: the fraction of the modelled dense latency to remove (0.45: "MDP-45%").
+        at_iter: iteration of the first (or only) event; the saliency window must end there.
+        steps, interval: number of events and iterations between them.
+        chunk: channels are kept in multiples of this (a group's full width is always allowed).
+        latency_model: a `LATENCY_MODELS` name or dict (extra keys go to its constructor).
+        solver: a `SOLVERS` name or dict (e.g. dict(type='mdp', time_limit=60)).
+        latency_device: the device the table must have been profiled on; default: the one this
+            run trains on. Name another to prune for a deployment device.
+        out_dir: folder under the work dir for the event files.
+    """
+    priority = 'NORMAL'
+
+    def __init__(self, latency_table: str, prune_ratio: float, at_iter: int, steps: int = 1,
+                 interval: int = 0, chunk: int = 32,
+                 latency_model: Union[str, dict] = 'lut_bilinear',
+                 solver: Union[str, dict] = dict(type='mdp', time_limit=60),
+                 latency_device: Optional[str] = None, out_dir: str = 'pruning'):
+        if not 0 < prune_ratio < 1:
+            raise ValueError(f'PruningHook: prune_ratio must lie in (0, 1), found {prune_ratio}')
+        if at_iter < 1:
+            raise ValueError(f'PruningHook: at_iter must be >= 1 (saliency is collected '
+                             f'before it), found {at_iter}')
+        if steps < 1 or (steps > 1 and interval < 1):
+            raise ValueError(f'PruningHook: steps must be >= 1 and interval >= 1 when steps > 1, '
+                             f'found steps={steps}, interval={interval}')
+        if chunk < 1:
+            raise ValueError(f'PruningHook: chunk must be >= 1, found {chunk}')
+        self.latency_cfg = (dict(type=latency_model) if isinstance(latency_model, str)
+                            else dict(latency_model))
+        self.solver_cfg = dict(type=solver) if isinstance(solver, str) else dict(solver)
+        for registry, cfg, what in ((LATENCY_MODELS, self.latency_cfg, 'latency_model'),
+                                    (SOLVERS, self.solver_cfg, 'solver')):
+            if registry.get(cfg.get('type')) is None:
+                raise KeyError(f"PruningHook: {what} {cfg.get('type')!r} is not registered; "
+                               f'choose one of {sorted(registry.module_dict)}')
+        self.iterative = issubclass(SOLVERS.get(self.solver_cfg['type']), HALPSolver)
+        if steps > 1 and not self.iterative:
+            raise ValueError(f"PruningHook: steps={steps} needs a solver that keeps widths at "
+                             f"their current values or below ('halp'); "
+                             f"{self.solver_cfg['type']!r} prunes once")
+        self.table_path, self.prune_ratio = latency_table, float(prune_ratio)
+        self.events = [int(at_iter) + s * int(interval) for s in range(int(steps))]
+        self.chunk, self.latency_device, self.out_dir = int(chunk), latency_device, out_dir
+        self.state = PruningState()
+        self._grad_hooks = []
+
+    # ------------------------------------------------------------------ set-up
+    def before_run(self, runner) -> None:
+        self.structure = runner_structure(runner)
+        self.table = self._load_table(runner)
+        try:
+            self.table.check_structure(self.structure)
+        except ValueError as e:
+            raise ValueError(f'latency table {self.table_path} does not fit the model: {e}; '
+                             f'{self._profile_hint(runner)}') from None
+        self.dense_ms = self._latency_model().predict(StructureChoice())
+        self.reference = BilinearLutLatency(self.table, fitted='lut_bilinear' in self.table.fits)
+        self.saliency = self._saliency_hook(runner)
+        last, max_iters = self.events[-1], runner.train_loop.max_iters
+        if last >= max_iters:
+            raise ValueError(f'PruningHook: the last pruning event is at iteration {last}, but '
+                             f'training stops at {max_iters}: nothing would be fine-tuned')
+
+    def _profile_hint(self, runner) -> str:
+        shape = ' '.join(str(s) for s in runner.cfg.latency_input_shape)
+        return (f'make a table on the target device with `python tools/profile_latency.py '
+                f'{runner.cfg.filename} --out {self.table_path} --input-shape {shape}`')
+
+    def _load_table(self, runner) -> LatencyTable:
+        device = self.latency_device or device_name(next(bare_model(runner).parameters()).device)
+        if not osp.isfile(self.table_path):
+            raise FileNotFoundError(f'latency table {self.table_path} does not exist; '
+                                    f'{self._profile_hint(runner)}')
+        try:
+            return LatencyTable.load(self.table_path, device=device,
+                                     input_shape=runner.cfg.latency_input_shape)
+        except TableMismatchError as e:
+            raise TableMismatchError(f'{e}; {self._profile_hint(runner)}') from None
+
+    def _saliency_hook(self, runner) -> SaliencyHook:
+        found = [h for h in runner.hooks if isinstance(h, SaliencyHook)]
+        if not found:
+            raise ValueError('PruningHook needs a SaliencyHook in custom_hooks')
+        hook = found[0]
+        if not hook.begin < self.events[0] or hook.end < self.events[-1]:
+            raise ValueError(f'the SaliencyHook window [{hook.begin}, {hook.end}) must start '
+                             f'before the first pruning event ({self.events[0]}) and last up to '
+                             f'the last one ({self.events[-1]})')
+        return hook
+
+    def _latency_model(self, current: Optional[StructureChoice] = None):
+        cfg = dict(self.latency_cfg, table=self.table)
+        if current is not None and issubclass(LATENCY_MODELS.get(cfg['type']), LinearLutLatency):
+            cfg['input_widths'] = current.all_widths(self.structure)
+        return LATENCY_MODELS.build(cfg)
+
+    # ------------------------------------------------------------------ checkpoints
+    def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
+        if CHECKPOINT_KEY in checkpoint:
+            self.state = PruningState.from_dict(checkpoint[CHECKPOINT_KEY])
+            runner.logger.info(f'pruning state restored: {self.state.events_done} of '
+                               f'{len(self.events)} pruning events done')
+
+    def before_save_checkpoint(self, runner, checkpoint: dict) -> None:
+        checkpoint[CHECKPOINT_KEY] = self.state.to_dict()
+
+    # ------------------------------------------------------------------ training
+    def before_train(self, runner) -> None:
+        if self.state.pruned:  # resumed: the weights came masked, the masks and hooks did not
+            self._apply(runner)
+
+    def before_train_iter(self, runner, batch_idx: int, data_batch=None) -> None:
+        done = self.state.events_done
+        if done < len(self.events) and runner.iter >= self.events[done]:
+            self._prune(runner)
+
+    def after_train(self, runner) -> None:
+        self._remove_grad_hooks()
+
+    def _remove_grad_hooks(self) -> None:
+        for handle in self._grad_hooks:
+            handle.remove()
+        self._grad_hooks = []
+
+    def _optimizers(self, runner) -> list:
+        wrapper = runner.optim_wrapper
+        wrappers = wrapper.values() if isinstance(wrapper, OptimWrapperDict) else [wrapper]
+        return [w.optimizer for w in wrappers]
+
+    def _apply(self, runner) -> None:
+        """Mask the model, its optimizer state and (through hooks) its gradients."""
+        model = bare_model(runner)
+        masks = PruningMasks(self.structure, self.state.choice())
+        masks.apply_(model)
+        optimizers = self._optimizers(runner)
+        for optimizer in optimizers:
+            masks.apply_to_optimizer_(model, optimizer)
+        trained = {id(p) for opt in optimizers for group in opt.param_groups
+                   for p in group['params']}
+        self._remove_grad_hooks()
+        self._grad_hooks = masks.hook_gradients(model, trained)
+
+    def _prune(self, runner) -> None:
+        event = self.state.events_done + 1
+        payload = [None]
+        if is_main_process():
+            try:
+                payload[0] = self._decide(runner, event)
+            except Exception:  # every rank must learn of it, or the others wait forever
+                payload[0] = {'error': traceback.format_exc()}
+        broadcast_object_list(payload)
+        decision = payload[0]
+        if 'error' in decision:
+            raise RuntimeError(f'pruning event {event} failed on rank 0:\n{decision["error"]}')
+        choice = StructureChoice(decision['widths'], decision['removed_blocks'],
+                                 decision['channels'])
+        self.state.update(choice, decision['summary'])
+        self._apply(runner)
+        self.saliency.collector.reset()
+        runner.logger.info(format_summary(decision['summary']))
+
+    def _decide(self, runner, event: int) -> dict:
+        """Rank 0: solve this event's problem, write its files, return the new structure."""
+        current = self.state.choice()
+        budget = self.dense_ms * (1 - self.prune_ratio) ** (event / len(self.events))
+        saliency = self.saliency.collector
+        problem, order = build_problem(self._latency_model(current), self.structure,
+                                       saliency.average(), current, budget, self.chunk)
+        options = {'current_widths': current.all_widths(self.structure)} if self.iterative else {}
+        solution = build_solver(self.solver_cfg, **options).solve(problem)
+        stem = osp.join(runner.work_dir, self.out_dir, f'event{event}_iter{runner.iter}')
+        problem.save(f'{stem}_problem.json')
+        solution.save(f'{stem}_solution.json')
+        if solution.status == 'infeasible':
+            raise RuntimeError(
+                f'no structure fits the latency budget {budget:.6g} ms (prune_ratio '
+                f'{self.prune_ratio}); the smallest latency reachable is {solution.latency:.6g} '
+                f'ms; see {stem}_solution.json')
+        choice = choice_from_solution(solution, order, current)
+        summary = summarize(
+            self.structure, current, choice, self.reference, iteration=runner.iter, event=event,
+            events=len(self.events), budget_ms=budget, dense_ms=self.dense_ms,
+            latency_model=self.latency_cfg['type'], solver=self.solver_cfg,
+            status=solution.status, seconds=solution.seconds, objective=solution.objective,
+            problem_latency_ms=solution.latency, saliency_contributions=saliency.count)
+        atomic_write_json(f'{stem}_summary.json', summary)
+        return {'widths': choice.widths, 'removed_blocks': sorted(choice.removed_blocks),
+                'channels': choice.channels, 'summary': summary}

@@ -1,0 +1,47 @@
+"""From per-layer channel saliency to what a solver reads: group scores, the order in which a
+group's channels are kept, and each layer's value at each width of its group."""
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+
+from mmdp.structure import Structure
+
+
+def group_scores(structure: Structure, saliency: dict) -> dict:
+    """{group: |sum of s over the group's layers| per channel}: coupled layers (a residual
+    stage) add their saliency before the magnitude is taken."""
+    totals = {}
+    for layer in structure.layers:
+        s = torch.as_tensor(saliency[layer.name], dtype=torch.float64)
+        totals[layer.group] = totals.get(layer.group, 0) + s
+    return {group: total.abs() for group, total in totals.items()}
+
+
+def channel_order(scores: dict, kept: Optional[dict] = None) -> dict:
+    """{group: channel indices, the first to keep first}: by descending score, with the
+    channels still `kept` ({group: indices}, default all) ahead of pruned ones, so that a
+    narrower width always keeps a subset of the current channels."""
+    order = {}
+    for group, score in scores.items():
+        alive = np.ones(len(score), dtype=bool)
+        if kept is not None and group in kept:
+            alive[:] = False
+            alive[list(kept[group])] = True
+        # lexsort: the last key is the primary one; ties keep index order (stable).
+        order[group] = np.lexsort((-score.numpy(), ~alive)).tolist()
+    return order
+
+
+def layer_values(structure: Structure, saliency: dict, order: dict) -> Callable:
+    """`importance(layer_name, widths)` for `TableLatencyModel.to_problem`: the value of a
+    layer keeping the first `w` channels of its group's order is the sum of their |s| in that
+    layer."""
+    prefix = {}
+    for layer in structure.layers:
+        s = torch.as_tensor(saliency[layer.name], dtype=torch.float64).abs().numpy()
+        prefix[layer.name] = np.concatenate([[0.0], np.cumsum(s[order[layer.group]])])
+
+    def importance(layer_name: str, widths) -> list:
+        return [float(prefix[layer_name][w]) for w in widths]
+    return importance

@@ -1,0 +1,96 @@
+"""Latency of a sub-network at an image size, from the registered table models.
+
+The search asks for hundreds of predictions per step, so only table models (`lut_bilinear`,
+`lut_linear`, `flops`) are accepted, not `measured`. A table is profiled at one input shape:
+given one table per ladder size (`tables`, keyed 'HxW'), each size uses its own; given one
+`table`, other sizes scale its prediction by the pixel ratio (exact for MACs, an approximation
+for measured tables, which the log says). `flops` without any table counts MACs of the derived
+structure in units of the dense backbone (1.0 = dense).
+"""
+import datetime
+from typing import Optional
+
+from mmdp.latency import LATENCY_MODELS, LatencyTable
+from mmdp.structure import Structure, StructureChoice
+
+TABLE_MODELS = ('lut_bilinear', 'lut_linear', 'flops')
+
+
+def parse_size(key) -> tuple:
+    """'256x704' or (256, 704) -> (256, 704)."""
+    if isinstance(key, str):
+        parts = key.lower().split('x')
+        if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
+            raise ValueError(f"latency table key {key!r}: expected 'HxW', e.g. '256x704'")
+        return int(parts[0]), int(parts[1])
+    return tuple(int(v) for v in key)
+
+
+def _macs_table(structure: Structure) -> LatencyTable:
+    """An in-memory table holding only the structure, for MACs relative to the dense model."""
+    meta = {'device': 'none (MACs)', 'input_shape': list(structure.input_shape),
+            'dtype': 'fp32', 'mode': 'eager', 'step': 1, 'torch': None,
+            'date': datetime.datetime.now().isoformat(timespec='seconds')}
+    return LatencyTable(meta, structure, widths={}, dense_ms=1.0)
+
+
+class SizedLatency:
+    """`latency(choice, size)`: the prediction of the model for `size`, or of the full-size
+    model times (H * W) / (H0 * W0). `unit` names what the numbers are."""
+
+    def __init__(self, models: dict, full_size, unit: str = 'ms'):
+        self.full_size = tuple(full_size)
+        if self.full_size not in models:
+            raise ValueError(f'no latency model for the full image size {self.full_size}; '
+                             f'models are given for {sorted(models)}')
+        self.models, self.unit = dict(models), unit
+
+    @property
+    def scaled_sizes(self) -> bool:
+        return len(self.models) == 1
+
+    def __call__(self, choice: StructureChoice, size) -> float:
+        size = tuple(size)
+        if size in self.models:
+            return float(self.models[size].predict(choice))
+        if not self.scaled_sizes:
+            raise ValueError(f'no latency table for image size {size}: tables are given for '
+                             f'{sorted(self.models)}; give one per ladder size or a single one')
+        ratio = size[0] * size[1] / (self.full_size[0] * self.full_size[1])
+        return ratio * float(self.models[self.full_size].predict(choice))
+
+
+def build_sized_latency(cfg: dict, structure: Structure, full_size, ladder,
+                        batch: Optional[int] = None) -> SizedLatency:
+    """From the hook's `latency` config: `type` (one of TABLE_MODELS), then `table` (one file),
+    `tables` ({'HxW': file} for every ladder size) or neither (`flops` only), plus the model's
+    own arguments (e.g. `fitted`). Tables are checked against the structure's input shape."""
+    cfg = dict(cfg)
+    kind = cfg.pop('type', None)
+    if kind not in TABLE_MODELS:
+        raise ValueError(f'latency type {kind!r}: JointPruning needs a table model, one of '
+                         f'{TABLE_MODELS} (the search queries it hundreds of times per step)')
+    table, tables = cfg.pop('table', None), cfg.pop('tables', None)
+    if table is not None and tables is not None:
+        raise ValueError("give either latency.table or latency.tables, not both")
+    full_size = tuple(full_size)
+    batch = batch or structure.input_shape[0]
+    if tables is not None:
+        paths = {parse_size(k): v for k, v in tables.items()}
+        missing = [s for s in ladder if tuple(s) not in paths]
+        if missing:
+            raise ValueError(f'latency.tables has no table for ladder sizes {missing}')
+    elif table is not None:
+        paths = {full_size: table}
+    elif kind == 'flops':
+        model = LATENCY_MODELS.build(dict(type=kind, table=_macs_table(structure)))
+        return SizedLatency({full_size: model}, full_size, unit='dense backbone MACs')
+    else:
+        raise ValueError(f"latency type {kind!r} needs latency.table (a file profiled by "
+                         "tools/profile_latency.py) or latency.tables ({'HxW': file})")
+    models = {}
+    for size, path in paths.items():
+        expect = dict(input_shape=(batch, structure.input_shape[1], *size))
+        models[size] = LATENCY_MODELS.build(dict(type=kind, table=path, expect=expect, **cfg))
+    models[full_size].table.check_structure(structure)
+    return SizedLatency(models, full_size)
