@@ -1,24 +1,28 @@
-# JointPruning-45% at CPU-test scale (the small config's model and data): MACs of the derived
-# backbone as the latency model (no table to profile), a short search, then fine-tuning.
+# JointPruning-45% at CPU-test scale (the small config's model and data): Taylor saliency over
+# iteration 0, search steps before iterations 1-9 with MACs of the derived backbone as the
+# latency model (no table to profile), then fine-tuning to iteration 20.
 _base_ = ['./streampetr_r50_small_cpu.py']
 
-custom_imports = dict(imports=['mmdp', 'projects.streampetr', 'mmdp.jointprune'],
-                      allow_failed_imports=False)
+custom_imports = dict(
+    imports=['mmdp.checkpoint_compat', 'mmdp.hooks', 'mmdp.jointprune', 'projects.streampetr'],
+    allow_failed_imports=False)
 
 # Full size first; multiples of 16 (see configs/streampetr_jointprune45.py).
 ladder = [(96, 256), (80, 224), (64, 192)]
 model = dict(data_preprocessor=dict(pad_size_divisor=16))
 
 custom_hooks = [
+    dict(type='SaliencyHook', begin=0, end=1),
     dict(type='JointPruningHook',
          prune_ratio=0.45,
          latency=dict(type='flops'),
+         importance='taylor',
          ladder=ladder,
          chunk=32,
          min_width=0.25,
          min_depth=1,
          prune_residual=True,
-         search_begin=0,
+         search_begin=1,
          search_end=10,
          interval=1,
          pairs=1,

@@ -12,6 +12,7 @@ default_hooks = dict(checkpoint=dict(interval=4))
 custom_hooks = [
     dict(type='SaliencyHook', begin=0, end=3),
     dict(type='PruningHook', latency_table='work_dirs/latency/streampetr_small_cpu.json',
-         latency_model='lut_bilinear', solver=dict(type='mdp', time_limit=30),
-         prune_ratio=0.45, chunk=64, at_iter=3),
+         latency_model=dict(type='lut_bilinear', fitted=True),
+         solver=dict(type='mdp', time_limit=30),
+         prune_ratio=0.45, chunk=64, at_iter=3, steps=1, interval=0),
 ]

@@ -16,7 +16,9 @@ from mmdet3d.registry import MODELS
 
 import mmdp.checkpoint_compat  # noqa: F401  (checkpoint loading on torch >= 2.6)
 from mmdp.config_utils import load_config
+from mmdp.latency import LATENCY_MODELS, LatencyTable, device_name
 from mmdp.latency.breakdown import module_timer
+from mmdp.structure import StructureChoice
 from projects.streampetr.fake_inputs import fake_frame
 
 
@@ -34,9 +36,33 @@ def parse_args():
     parser.add_argument('--fake-data', action='store_true',
                         help='random images at the config\'s img_size instead of the test set')
     parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
+    parser.add_argument('--latency-table',
+                        help='also print the backbone latency each latency model predicts '
+                        'from this table (profiled on this device at this input) next to the '
+                        'measured one')
     parser.add_argument('--out', help='write the figures to this JSON file')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction)
     return parser.parse_args()
+
+
+def predicted_vs_measured(table_path, model, device, batch_shape, dtype, measured_ms):
+    """Backbone latency predicted by each table-based model for this model's structure (dense,
+    or the `widths` / `removed_blocks` of a `PrunedResNet`), next to the measured one."""
+    n, views = batch_shape[:2]
+    table = LatencyTable.load(table_path, device=device_name(device), dtype=dtype, mode='eager',
+                              input_shape=(n * views, *batch_shape[2:]))
+    prefix = f'{table.structure.backbone}.' if table.structure.backbone else ''
+    backbone = model.img_backbone
+    choice = StructureChoice(
+        {prefix + g: w for g, w in getattr(backbone, 'widths', {}).items()},
+        [prefix + b for b in getattr(backbone, 'removed_blocks', ())])
+    predicted = {name: LATENCY_MODELS.get(name)(table=table).predict(choice)
+                 for name in ('lut_bilinear', 'lut_linear', 'flops')}
+    for name, ms in predicted.items():
+        print(f'backbone latency: {name} predicts {ms:.2f} ms, measured {measured_ms:.2f} ms '
+              f'({100 * (ms - measured_ms) / measured_ms:+.1f}%)')
+    return dict(table=table_path, measured_backbone_ms=measured_ms,
+                predicted_backbone_ms=predicted)
 
 
 def main():
@@ -95,6 +121,11 @@ def main():
                   mean_ms=float(ms.mean()), fps=float(1000 / np.median(ms)),
                   breakdown_ms=breakdown,
                   torch=torch.__version__)
+    if args.latency_table:
+        result['latency'] = predicted_vs_measured(args.latency_table, model, device,
+                                                  (1, 6, 3, *cfg.img_size),
+                                                  'fp16' if args.amp else 'fp32',
+                                                  breakdown['img_backbone'])
     print(json.dumps(result, indent=2))
     if args.out:
         os.makedirs(osp.dirname(osp.abspath(args.out)), exist_ok=True)

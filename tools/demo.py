@@ -1,14 +1,16 @@
-"""The main job end to end on an embedded default: a synthetic nuScenes, its info files, a short
-dense StreamPETR training, nuScenes evaluation and an FPS measurement. Each step is the command a
-user would type; a step that already has its output is skipped."""
+"""The main job end to end on an embedded default: a synthetic nuScenes and its info files, a short
+dense StreamPETR training, a latency table profiled on this machine's device, MDP-45% pruning with
+a short fine-tuning, export to a smaller model, nuScenes evaluation and FPS of dense and pruned,
+and the report. Each step is the command a user would type; data and a finished latency table are
+reused when present."""
 import argparse
-import json
 import os.path as osp
 import subprocess
 import sys
 import time
 
-CONFIG = 'configs/streampetr_r50_small_cpu.py'
+DENSE = 'configs/streampetr_r50_small_cpu.py'
+MDP = 'configs/streampetr_mdp45_small_cpu.py'
 DATA = 'data/synthetic_nuscenes'
 
 
@@ -16,10 +18,15 @@ def run(step, cmd, done=None):
     if done and osp.exists(done):
         print(f'[demo] {step}: already done ({done})', flush=True)
         return
-    print(f'[demo] {step}: {" ".join(cmd)}', flush=True)
+    print(f'[demo] {step}: python {" ".join(cmd)}', flush=True)
     start = time.time()
     subprocess.run([sys.executable] + cmd, check=True)
     print(f'[demo] {step}: finished in {time.time() - start:.0f} s', flush=True)
+
+
+def last_checkpoint(work_dir):
+    with open(osp.join(work_dir, 'last_checkpoint')) as f:
+        return f.read().strip()
 
 
 def main():
@@ -28,25 +35,39 @@ def main():
     parser.add_argument('--scenes', type=int, default=4)
     parser.add_argument('--samples', type=int, default=8)
     args = parser.parse_args()
+    start = time.time()
     work = args.work_dir
-    dense = osp.join(work, 'dense')
+    dense, mdp = osp.join(work, 'dense'), osp.join(work, 'mdp45')
+    table = osp.join(work, 'latency_table.json')
+    no_val = 'train_cfg.val_interval=1000'  # evaluation is its own step below
+
     run('synthetic nuScenes', ['tools/make_synthetic_nuscenes.py', DATA, '--scenes',
                                str(args.scenes), '--samples', str(args.samples),
                                '--image-size', '400', '225'], done=DATA)
     run('info files', ['tools/create_data.py', 'nuscenes', '--root-path', DATA, '--version',
                        'v1.0-mini', '--out-dir', DATA],
         done=osp.join(DATA, 'nuscenes_infos_val.pkl'))
-    run('dense training', ['tools/train.py', CONFIG, '--work-dir', dense])
-    with open(osp.join(dense, 'last_checkpoint')) as f:
-        ckpt = f.read().strip()
-    run('evaluation', ['tools/test.py', CONFIG, ckpt, '--work-dir', osp.join(work, 'dense_test')])
-    fps_file = osp.join(work, 'dense_fps.json')
-    run('benchmark', ['tools/benchmark.py', CONFIG, ckpt, '--samples', '10', '--warmup', '2',
-                      '--out', fps_file])
-    with open(fps_file) as f:
-        fps = json.load(f)
-    print(f'[demo] done: checkpoint {ckpt}; {fps["fps"]:.2f} FPS on {fps["device_name"]}; '
-          f'logs and metrics under {work}')
+    run('dense training', ['tools/train.py', DENSE, '--work-dir', dense, '--cfg-options', no_val])
+    dense_ckpt = last_checkpoint(dense)
+    run('latency table', ['tools/profile_latency.py', DENSE, '--out', table, '--step', '128',
+                          '--repeats', '5', '--warmup', '1', '--samples', '12'], done=table)
+    run('MDP-45% pruning and fine-tuning',
+        ['tools/train.py', MDP, '--work-dir', mdp, '--cfg-options', f'load_from={dense_ckpt}',
+         f'custom_hooks.1.latency_table={table}', no_val])
+    export = osp.join(mdp, 'export')
+    run('export', ['tools/export_pruned.py', MDP, last_checkpoint(mdp), '--out', export])
+    runs = [(dense, DENSE, dense_ckpt),
+            (mdp, osp.join(export, 'pruned.py'), osp.join(export, 'pruned.pth'))]
+    for work_dir, config, ckpt in runs:
+        name = osp.basename(work_dir)
+        run(f'evaluation ({name})', ['tools/test.py', config, ckpt, '--work-dir', work_dir])
+        run(f'benchmark ({name})', ['tools/benchmark.py', config, ckpt, '--samples', '10',
+                                    '--warmup', '2', '--latency-table', table, '--out',
+                                    osp.join(work_dir, 'fps.json')])
+    report = osp.join(work, 'report')
+    run('report', ['tools/report.py', dense, mdp, '--out', report])
+    print(f'[demo] done in {time.time() - start:.0f} s: the report is '
+          f'{osp.join(report, "report.md")}', flush=True)
 
 
 if __name__ == '__main__':

@@ -14,7 +14,7 @@ from mmdp.latency import (LATENCY_MODELS, BilinearLutLatency, LatencyTable, Line
 from mmdp.pruning.event import build_problem, choice_from_solution, format_summary, summarize
 from mmdp.pruning.masks import PruningMasks
 from mmdp.pruning.state import CHECKPOINT_KEY, PruningState
-from mmdp.solvers import SOLVERS, HALPSolver, build_solver
+from mmdp.solvers import SOLVERS, HALPSolver
 from mmdp.structure import StructureChoice
 
 from .runner_utils import bare_model, runner_structure
@@ -71,8 +71,9 @@ class PruningHook(Hook):
         self.solver_cfg = dict(type=solver) if isinstance(solver, str) else dict(solver)
         for registry, cfg, what in ((LATENCY_MODELS, self.latency_cfg, 'latency_model'),
                                     (SOLVERS, self.solver_cfg, 'solver')):
-            if registry.get(cfg.get('type')) is None:
-                raise KeyError(f"PruningHook: {what} {cfg.get('type')!r} is not registered; "
+            name = cfg.get('type')
+            if not isinstance(name, str) or registry.get(name) is None:
+                raise ValueError(f'PruningHook: {what} type {name!r} is not registered; '
                                f'choose one of {sorted(registry.module_dict)}')
         self.iterative = issubclass(SOLVERS.get(self.solver_cfg['type']), HALPSolver)
         if steps > 1 and not self.iterative:
@@ -86,7 +87,9 @@ class PruningHook(Hook):
         self._grad_hooks = []
 
     # ------------------------------------------------------------------ set-up
-    def before_run(self, runner) -> None:
+    def before_train(self, runner) -> None:
+        """Check the set-up before the first iteration (not in `before_run`: testing a
+        checkpoint of a pruning run runs that too); re-mask a resumed model."""
         self.structure = runner_structure(runner)
         self.table = self._load_table(runner)
         try:
@@ -95,17 +98,20 @@ class PruningHook(Hook):
             raise ValueError(f'latency table {self.table_path} does not fit the model: {e}; '
                              f'{self._profile_hint(runner)}') from None
         self.dense_ms = self._latency_model().predict(StructureChoice())
-        self.reference = BilinearLutLatency(self.table, fitted='lut_bilinear' in self.table.fits)
+        self.reference = self._latency_model(reference=True)
         self.saliency = self._saliency_hook(runner)
         last, max_iters = self.events[-1], runner.train_loop.max_iters
         if last >= max_iters:
             raise ValueError(f'PruningHook: the last pruning event is at iteration {last}, but '
                              f'training stops at {max_iters}: nothing would be fine-tuned')
+        if self.state.pruned:  # resumed: the weights came masked, the masks and hooks did not
+            self._apply(runner)
 
     def _profile_hint(self, runner) -> str:
         shape = ' '.join(str(s) for s in runner.cfg.latency_input_shape)
         return (f'make a table on the target device with `python tools/profile_latency.py '
-                f'{runner.cfg.filename} --out {self.table_path} --input-shape {shape}`')
+                f"{runner.cfg.filename or 'CONFIG'} --out {self.table_path} --input-shape "
+                f'{shape}`')
 
     def _load_table(self, runner) -> LatencyTable:
         device = self.latency_device or device_name(next(bare_model(runner).parameters()).device)
@@ -129,11 +135,22 @@ class PruningHook(Hook):
                              f'the last one ({self.events[-1]})')
         return hook
 
-    def _latency_model(self, current: Optional[StructureChoice] = None):
+    def _latency_model(self, current: Optional[StructureChoice] = None,
+                       reference: bool = False):
+        """The configured latency model; HALP's linear LUT gets its input widths frozen at
+        `current`. `reference`: what the summaries predict latency with, where the linear LUT is
+        replaced by the bilinear one over the same table (frozen inputs are an approximation
+        made to decide, not a prediction)."""
+        # Built from the class: Registry.build would search the run's default scope (mmdet3d)
+        # first and warn that these registries are not in it.
         cfg = dict(self.latency_cfg, table=self.table)
-        if current is not None and issubclass(LATENCY_MODELS.get(cfg['type']), LinearLutLatency):
-            cfg['input_widths'] = current.all_widths(self.structure)
-        return LATENCY_MODELS.build(cfg)
+        cls = LATENCY_MODELS.get(cfg.pop('type'))
+        if issubclass(cls, LinearLutLatency):
+            if reference:
+                cls = BilinearLutLatency
+            elif current is not None:
+                cfg['input_widths'] = current.all_widths(self.structure)
+        return cls(**cfg)
 
     # ------------------------------------------------------------------ checkpoints
     def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
@@ -146,10 +163,6 @@ class PruningHook(Hook):
         checkpoint[CHECKPOINT_KEY] = self.state.to_dict()
 
     # ------------------------------------------------------------------ training
-    def before_train(self, runner) -> None:
-        if self.state.pruned:  # resumed: the weights came masked, the masks and hooks did not
-            self._apply(runner)
-
     def before_train_iter(self, runner, batch_idx: int, data_batch=None) -> None:
         done = self.state.events_done
         if done < len(self.events) and runner.iter >= self.events[done]:
@@ -177,7 +190,7 @@ class PruningHook(Hook):
         for optimizer in optimizers:
             masks.apply_to_optimizer_(model, optimizer)
         trained = {id(p) for opt in optimizers for group in opt.param_groups
-                   for p in group['params']}
+                   for p in group['params'] if p.requires_grad}
         self._remove_grad_hooks()
         self._grad_hooks = masks.hook_gradients(model, trained)
 
@@ -208,7 +221,8 @@ class PruningHook(Hook):
         problem, order = build_problem(self._latency_model(current), self.structure,
                                        saliency.average(), current, budget, self.chunk)
         options = {'current_widths': current.all_widths(self.structure)} if self.iterative else {}
-        solution = build_solver(self.solver_cfg, **options).solve(problem)
+        cfg = dict(self.solver_cfg, **options)
+        solution = SOLVERS.get(cfg.pop('type'))(**cfg).solve(problem)
         stem = osp.join(runner.work_dir, self.out_dir, f'event{event}_iter{runner.iter}')
         problem.save(f'{stem}_problem.json')
         solution.save(f'{stem}_solution.json')

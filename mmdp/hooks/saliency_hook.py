@@ -23,13 +23,17 @@ class SaliencyHook(Hook):
                              'hold at least one iteration, with begin >= 0')
         self.begin, self.end = int(begin), int(end)
         self.collector = None
-
-    def before_run(self, runner) -> None:
-        self.collector = TaylorSaliency(bare_model(runner), runner_structure(runner))
+        self._restored = None
 
     def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
-        if CHECKPOINT_KEY in checkpoint:
-            self.collector.load_state_dict(checkpoint[CHECKPOINT_KEY])
+        # Called before `before_train`, which builds the collector.
+        self._restored = checkpoint.get(CHECKPOINT_KEY)
+
+    def before_train(self, runner) -> None:
+        # Not in `before_run`: testing a checkpoint of a pruning run runs that too.
+        self.collector = TaylorSaliency(bare_model(runner), runner_structure(runner))
+        if self._restored is not None:
+            self.collector.load_state_dict(self._restored)
 
     def before_save_checkpoint(self, runner, checkpoint: dict) -> None:
         checkpoint[CHECKPOINT_KEY] = self.collector.state_dict()

@@ -5,10 +5,9 @@ from .evaluate import SubnetLoss, preserved_stream_state
 from .final_config import final_size_config
 from .hook import JointPruningHook
 from .latency import SizedLatency, build_sized_latency
-from .masks import apply_fixed_choice, zero_optimizer_state
 from .plot import plot_trajectory, read_trajectory
 from .projection import InfeasibleBudgetError, LatencyProjection
-from .ranking import bn_gamma_ranking
+from .ranking import bn_gamma_ranking, taylor_ranking
 from .resize import resize_batch, resize_data_batch_
 from .space import PruningSpace, Ranking, Setting, find_stages
 from .subnet import subnetwork
@@ -16,8 +15,7 @@ from .subnet import subnetwork
 __all__ = [
     'InfeasibleBudgetError', 'JointPruningHook', 'LatencyProjection', 'PruningSpace', 'Ranking',
     'SelfAdaptedGradient', 'Setting', 'SizedLatency', 'StepRecord', 'SubnetLoss',
-    'apply_fixed_choice', 'bn_gamma_ranking', 'build_sized_latency', 'descent_direction',
-    'final_size_config', 'find_stages', 'plot_trajectory', 'preserved_stream_state',
-    'read_trajectory', 'resize_batch', 'resize_data_batch_', 'subnetwork',
-    'zero_optimizer_state'
+    'bn_gamma_ranking', 'build_sized_latency', 'descent_direction', 'final_size_config',
+    'find_stages', 'plot_trajectory', 'preserved_stream_state', 'read_trajectory',
+    'resize_batch', 'resize_data_batch_', 'subnetwork', 'taylor_ranking'
 ]

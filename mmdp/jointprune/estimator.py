@@ -3,11 +3,17 @@
 Each step draws `pairs` Gaussian directions e in the normalised space and evaluates the loss at
 u + sigma * e and u - sigma * e (antithetic: the even part of the loss cancels, and so does the
 noise the pair shares when both are evaluated on the same batch with the same random numbers).
-The estimate g = mean((L(u + sigma e) - L(u - sigma e)) / (2 sigma) * e) is the gradient of the
-loss smoothed at scale sigma, which exists even though the loss of a rounded sub-network is a
-step function. The iterate moves by a step of length `step` along -g / |g| and is projected onto
-the latency budget; the move is kept only if the loss at the new point beats the loss at the old
-one on the same batch.
+The gradient estimate g is the least-squares (minimum-norm) solution of
+g . (p_k - m_k) = L(p_k) - L(m_k) over the pairs, p_k and m_k the perturbed points after clipping
+to the box: for pairs no perturbation clips this is the finite-difference gradient projected onto
+the sampled directions (for unclipped pairs a descent direction of a smooth loss, since the
+central difference is exact to second order), and it stays unbiased where a perturbation is
+clipped at a bound. At scale sigma it is the gradient of the smoothed loss, which exists even
+though the loss of a rounded sub-network is a step function. When the budget binds, the
+directions are drawn orthogonal to its normal (see `step`). The iterate moves by a step of
+length `step` along -g / |g| within the tangent cone of the box and the budget, is projected
+onto the budget, and the move is kept only if the loss at the new point beats the loss at the
+old one on the same batch.
 
 Adaptation (the 1/5-success rule of evolution strategies): a kept move multiplies `step` and
 `sigma` by `grow`, a rejected one by grow^(-1/4), so both stay put when one move in five
@@ -35,30 +41,26 @@ class StepRecord:
     evaluations: int  # loss evaluations this step asked for
 
 
-def _at_bound(u: np.ndarray, eps: float = 1e-12) -> np.ndarray:
-    return (u >= 1 - eps) | (u <= eps)
-
-
-def _on_free(normal: Optional[np.ndarray], u: np.ndarray) -> Optional[np.ndarray]:
-    """The normal over the coordinates not at a bound of the box, renormalised. A coordinate at
-    a bound is perturbed on its own: a perturbation clipped there halves the estimate of its
-    own slope, but must not be correlated with the free coordinates' perturbations, which
-    would bias theirs."""
+def _on_free(normal: Optional[np.ndarray], u: np.ndarray, reach: float
+             ) -> Optional[np.ndarray]:
+    """The normal over the coordinates farther than `reach` from the box's bounds, renormalised.
+    A coordinate a perturbation may clip is perturbed on its own: its perturbations must not be
+    correlated with the free coordinates', whose estimates the clipping would otherwise bias."""
     if normal is None:
         return None
-    m = np.where(_at_bound(u), 0.0, normal)
+    m = np.where((u >= 1 - reach) | (u <= reach), 0.0, normal)
     size = float(np.linalg.norm(m))
     return m / size if size > 0 else None
 
 
 def descent_direction(u: np.ndarray, grad: np.ndarray, normal: Optional[np.ndarray] = None,
-                      eps: float = 1e-12) -> Optional[np.ndarray]:
+                      reach: float = 1e-12) -> Optional[np.ndarray]:
     """The unit direction of -grad within the tangent cone at u: components that would leave the
-    box [0, 1] at an active bound are dropped, and, when the budget binds (`normal`) and the
-    direction points out of it, its component along the normal (over the free coordinates) is
-    removed. None when nothing is left."""
+    box [0, 1] through a bound within `reach` (the step length) are dropped, and, when the
+    budget binds (`normal`) and the direction points out of it, its component along the normal
+    (over the remaining coordinates) is removed. None when nothing is left."""
     d = -np.asarray(grad, dtype=float)
-    free = ~(((u >= 1 - eps) & (d > 0)) | ((u <= eps) & (d < 0)))
+    free = ~(((u >= 1 - reach) & (d > 0)) | ((u <= reach) & (d < 0)))
     d = np.where(free, d, 0.0)
     if normal is not None:
         m = np.where(free, normal, 0.0)
@@ -67,7 +69,7 @@ def descent_direction(u: np.ndarray, grad: np.ndarray, normal: Optional[np.ndarr
             m /= size
             d -= (d @ m) * m
     size = float(np.linalg.norm(d))
-    return d / size if size > eps * max(1.0, float(np.linalg.norm(grad))) else None
+    return d / size if size > 1e-12 * max(1.0, float(np.linalg.norm(grad))) else None
 
 
 class SelfAdaptedGradient:
@@ -130,18 +132,18 @@ class SelfAdaptedGradient:
         u, sigma, step = self.u, self.sigma, self.step_size
         n = normal(u) if normal else None
         f0 = evaluate(u)
-        grad = np.zeros_like(u)
-        for e in self.directions(_on_free(n, u)):
-            plus = evaluate(np.clip(u + sigma * e, 0.0, 1.0))
-            minus = evaluate(np.clip(u - sigma * e, 0.0, 1.0))
-            grad += (plus - minus) / (2 * sigma) * e
-        grad /= self.pairs
+        rows, diffs = [], []
+        for e in self.directions(_on_free(n, u, sigma)):
+            plus, minus = np.clip(u + sigma * e, 0.0, 1.0), np.clip(u - sigma * e, 0.0, 1.0)
+            rows.append(plus - minus)
+            diffs.append(evaluate(plus) - evaluate(minus))
+        grad = np.linalg.lstsq(np.array(rows), np.array(diffs), rcond=None)[0]
         norm = float(np.linalg.norm(grad))
         self.count += 1
         if norm == 0.0:
             self._scale(0.0, sigma_exponent=1.0)
             return StepRecord(u.tolist(), f0, None, None, 'flat', step, sigma, norm, len(cache))
-        direction = descent_direction(u, grad, n)
+        direction = descent_direction(u, grad, n, reach=step)
         if direction is None:  # every descent leaves the box or the budget: a KKT point
             self._scale(-0.25)
             return StepRecord(u.tolist(), f0, None, None, 'stationary', step, sigma, norm,

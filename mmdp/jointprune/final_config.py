@@ -7,10 +7,10 @@ aspect ratio). `img_size` and `latency_input_shape` follow. The pruned structure
 config: the JointPruning hook applies it from the checkpoint's `jointprune` state.
 """
 import copy
-import os
-import tempfile
 
 from mmengine.config import Config
+
+from mmdp.fileio import atomic_write
 
 RESIZE_TRANSFORM = 'StreamResizeCropFlipImage'
 
@@ -51,14 +51,8 @@ def final_size_config(cfg: Config, size, full_size) -> Config:
 
 
 def dump_config(cfg: Config, path: str) -> None:
-    """Write `cfg` to `path` (a .py file) through a temporary file, so that `path` is whole."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, suffix='.py')
-    os.close(fd)
-    try:
-        cfg.dump(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    """Write `cfg` as a .py config to `path`, whole or not at all."""
+    def write(tmp):
+        with open(tmp, 'w', encoding='utf-8') as f:
+            f.write(cfg.pretty_text)
+    atomic_write(path, write)

@@ -34,6 +34,14 @@ def _macs_table(structure: Structure) -> LatencyTable:
     return LatencyTable(meta, structure, widths={}, dense_ms=1.0)
 
 
+def _model_class(kind: str):
+    # `get`, not `build`: the runner's default scope (mmdet3d) is not in this registry's tree.
+    cls = LATENCY_MODELS.get(kind)
+    if cls is None:
+        raise ValueError(f'latency type {kind!r} is not registered in LATENCY_MODELS')
+    return cls
+
+
 class SizedLatency:
     """`latency(choice, size)`: the prediction of the model for `size`, or of the full-size
     model times (H * W) / (H0 * W0). `unit` names what the numbers are."""
@@ -83,7 +91,7 @@ def build_sized_latency(cfg: dict, structure: Structure, full_size, ladder,
     elif table is not None:
         paths = {full_size: table}
     elif kind == 'flops':
-        model = LATENCY_MODELS.build(dict(type=kind, table=_macs_table(structure)))
+        model = _model_class(kind)(_macs_table(structure))
         return SizedLatency({full_size: model}, full_size, unit='dense backbone MACs')
     else:
         raise ValueError(f"latency type {kind!r} needs latency.table (a file profiled by "
@@ -91,6 +99,6 @@ def build_sized_latency(cfg: dict, structure: Structure, full_size, ladder,
     models = {}
     for size, path in paths.items():
         expect = dict(input_shape=(batch, structure.input_shape[1], *size))
-        models[size] = LATENCY_MODELS.build(dict(type=kind, table=path, expect=expect, **cfg))
+        models[size] = _model_class(kind)(table=path, expect=expect, **cfg)
     models[full_size].table.check_structure(structure)
     return SizedLatency(models, full_size)

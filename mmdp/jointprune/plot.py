@@ -1,17 +1,23 @@
 """Plot a JointPruning search trajectory (the JSON lines the hook writes) to a PNG."""
 import json
-import os
-import tempfile
 
 import matplotlib
 
 matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # noqa: E402
 
+from mmdp.fileio import atomic_write  # noqa: E402
+
 
 def read_trajectory(path) -> list:
+    records = []
     with open(path) as f:
-        records = [json.loads(line) for line in f if line.strip()]
+        for number, line in enumerate(f, 1):
+            if line.strip():
+                try:
+                    records.append(json.loads(line))
+                except json.JSONDecodeError as e:
+                    raise ValueError(f'{path} line {number}: not valid JSON ({e})') from None
     if not records:
         raise ValueError(f'{path}: no search steps recorded')
     return records
@@ -33,21 +39,16 @@ def plot_trajectory(records: list, path) -> None:
     axes[2].set_ylabel('normalised scale')
     axes[2].legend()
     names = records[0]['names']
+    colors = plt.cm.tab20.colors
     for i, name in enumerate(names):
-        axes[3].plot(steps, [r['vector'][i] for r in records],
+        axes[3].plot(steps, [r['vector'][i] for r in records], color=colors[i % len(colors)],
+                     linestyle='-' if i < len(colors) else '--',
                      label='.'.join(name.split('.')[-2:]))
     axes[3].set_ylabel('pruning vector (1 = dense)')
     axes[3].set_xlabel('search step')
     axes[3].legend(fontsize=6, ncol=3)
     fig.tight_layout()
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=folder, suffix='.png')
-    os.close(fd)
     try:
-        fig.savefig(tmp, dpi=100)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+        atomic_write(path, lambda tmp: fig.savefig(tmp, format='png', dpi=100))
     finally:
         plt.close(fig)

@@ -74,16 +74,19 @@ class LatencyProjection:
         return path(hi)
 
     def __call__(self, w) -> np.ndarray:
-        w = np.clip(np.asarray(w, dtype=float), 0.0, 1.0)
-        if self.fits(self.latency(w)):
-            return w
-        a = self.slopes(w)
+        # The path starts from w itself, not from w clipped to the box: that is what makes
+        # it the Euclidean projection when w lies outside the box.
+        w = np.asarray(w, dtype=float)
+        inside = np.clip(w, 0.0, 1.0)
+        if self.fits(self.latency(inside)):
+            return inside
+        a = self.slopes(inside)
         moving = a > 0
         if moving.any():
-            lam_max = float(np.max(w[moving] / a[moving]))
+            lam_max = float(np.max(np.maximum(w[moving], 0.0) / a[moving]))
 
             def path(lam):
                 return np.clip(w - lam * a, 0.0, 1.0)
             if self.fits(self.latency(path(lam_max))):
                 return self._bisect(path, 0.0, lam_max)
-        return self._bisect(lambda t: t * w, 1.0, 0.0)
+        return self._bisect(lambda t: t * inside, 1.0, 0.0)

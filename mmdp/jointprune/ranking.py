@@ -1,46 +1,63 @@
 """The importance order JointPruning takes channels and blocks in.
 
-Stand-in until the shared Taylor saliency (`mmdp.importance`) is wired in: the L1 norm of the
-BatchNorm scales (|gamma|, "network slimming"). It needs no gradient, which matters here because
-StreamPETR freezes its backbone BN (requires_grad=False), and it reads the weights as loaded.
-A channel of a coupled group scores the sum of |gamma| over the group's BNs. A block scores the
-mean |gamma| of the BN that closes its residual branch (the scale at which the branch adds to
-the stage's output); ties remove later blocks first.
+`taylor_ranking` uses the Taylor saliency the MDP and HALP hooks use (`mmdp.importance`,
+collected by a `SaliencyHook` before the search): a group's channels by |sum of s over its
+coupled layers| (`group_scores`, `channel_order`); a block by the total |s| of its layers' channels.
+`bn_gamma_ranking` needs no saliency window: the L1 norm of the BatchNorm scales (|gamma|,
+"network slimming"), read from the weights as loaded; a channel of a coupled group scores the sum
+of |gamma| over the group's BNs, a block the mean |gamma| of the BN that closes its residual
+branch (the scale at which the branch adds to the stage's output). Ties keep lower channel
+indices and remove later blocks first.
 """
 import torch
 from torch import nn
 
+from mmdp.importance import channel_order, group_scores
 from mmdp.structure import Structure
 
 from .space import Ranking
+
+
+def _block_order(stages: list, score) -> dict:
+    """{stage: block names, the least important (by `score(block name)`) first}."""
+    return {st.name: tuple(name for *_, name in sorted(
+        (score(name), -index, name) for index, name in enumerate(st.blocks)))
+        for st in stages}
 
 
 def _abs_gamma(model: nn.Module, bn_name: str) -> torch.Tensor:
     bn = model.get_submodule(bn_name)
     if bn.weight is None:
         raise ValueError(f'{bn_name} has no affine scale to rank its channels by')
-    return bn.weight.detach().abs().float().cpu()
+    return bn.weight.detach().abs().double().cpu()
 
 
 def bn_gamma_ranking(model: nn.Module, structure: Structure, stages: list) -> Ranking:
     """Channel order per group and block removal order per stage of `model` (the model the
-    structure was derived from)."""
+    structure was derived from), by |gamma|."""
     scores = {}
     for layer in structure.layers:
-        gamma = _abs_gamma(model, layer.bn)
-        scores[layer.group] = scores.get(layer.group, 0) + gamma
-    # Stable sort on the negated score: equal scores keep the lower channel index first.
-    channels = {g: torch.argsort(-s, stable=True).tolist() for g, s in scores.items()}
-    blocks = {}
+        scores[layer.group] = scores.get(layer.group, 0) + _abs_gamma(model, layer.bn)
+    closing = {}
     for st in stages:
-        block_scores = []
-        for index, name in enumerate(st.blocks):
-            block = next(b for b in structure.blocks if b.name == name)
-            closing = [structure.layer(n) for n in block.layers
-                       if structure.layer(n).group == st.residual_group]
-            if len(closing) != 1:
-                raise ValueError(f'block {name!r}: expected one conv writing to the residual '
-                                 f'group {st.residual_group!r}, found {len(closing)}')
-            block_scores.append((float(_abs_gamma(model, closing[0].bn).mean()), -index, name))
-        blocks[st.name] = tuple(name for *_, name in sorted(block_scores))
-    return Ranking(channels, blocks)
+        for layer in structure.layers:
+            if layer.block in st.blocks and layer.group == st.residual_group:
+                closing.setdefault(layer.block, []).append(layer.bn)
+    for name, bns in closing.items():
+        if len(bns) != 1:
+            raise ValueError(f'block {name!r}: expected one conv writing to its stage\'s '
+                             f'residual group, found {len(bns)}')
+    return Ranking(channel_order(scores),
+                   _block_order(stages, lambda b: float(_abs_gamma(model, closing[b][0]).mean())))
+
+
+def taylor_ranking(structure: Structure, saliency: dict, stages: list) -> Ranking:
+    """Channel order per group and block removal order per stage from Taylor saliency
+    ({layer name: per-channel s}, e.g. `TaylorSaliency.average()`)."""
+    block_value = {}
+    for layer in structure.layers:
+        if layer.block is not None:
+            value = float(torch.as_tensor(saliency[layer.name]).abs().sum())
+            block_value[layer.block] = block_value.get(layer.block, 0.0) + value
+    return Ranking(channel_order(group_scores(structure, saliency)),
+                   _block_order(stages, block_value.__getitem__))
