@@ -2,6 +2,7 @@
 computes what the masked one does, loads in tools/test.py and tools/benchmark.py, and refuses a
 checkpoint of another structure, naming the first layer that does not fit."""
 import copy
+import importlib.util
 import json
 import os.path as osp
 import subprocess
@@ -77,9 +78,13 @@ def masked(tmp_path_factory):
 
 @pytest.fixture(scope='module')
 def exported(masked, tmp_path_factory):
+    """tools/export_pruned.py CONFIG CHECKPOINT --out DIR."""
     out = str(tmp_path_factory.mktemp('exported'))
-    config, weights = export_pruned(CONFIG, masked['checkpoint'], out)
-    return dict(dir=out, config=config, weights=weights)
+    spec = importlib.util.spec_from_file_location('export_tool', 'tools/export_pruned.py')
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    tool.main([CONFIG, masked['checkpoint'], '--out', out])
+    return dict(dir=out, config=osp.join(out, 'pruned.py'), weights=osp.join(out, 'pruned.pth'))
 
 
 def run_detector(model, h, w, frames=2) -> list:
@@ -116,7 +121,7 @@ def test_masked_model_equals_exported_model(masked, exported):
     n_dense = sum(p.numel() for p in dense.img_backbone.parameters())
     assert sum(p.numel() for p in pruned.img_backbone.parameters()) < 0.6 * n_dense
     h, w = cfg.img_size
-    imgs = torch.rand(6, 3, h, w, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    imgs = torch.rand(2, 3, h, w, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         feats = [copy.deepcopy(m.img_backbone).double()(imgs) for m in (dense, pruned)]
         necks = [copy.deepcopy(m.img_neck).double()(f) for m, f in zip((dense, pruned), feats)]

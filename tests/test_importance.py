@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.distributed as torch_dist
 import torch.multiprocessing as mp
-from mmdet.models.backbones import ResNet
+from torch import nn
 
 from mmdp.importance import TaylorSaliency, channel_order, group_scores, layer_values
 from mmdp.structure import derive_structure
@@ -17,9 +17,11 @@ from mmdp.structure import derive_structure
 SHAPE = (2, 3, 32, 32)
 
 
-def frozen_resnet() -> ResNet:
+def frozen_resnet():
     """A small ResNet-18 with StreamPETR's frozen BN (not trained, eval mode) and non-trivial
     affine parameters."""
+    # Imported here: the DDP test's worker processes import this module and need no mmdet.
+    from mmdet.models.backbones import ResNet
     torch.manual_seed(0)
     net = ResNet(depth=18, base_channels=8, out_indices=(2, 3),
                  norm_cfg=dict(type='BN', requires_grad=False), norm_eval=True)
@@ -33,7 +35,8 @@ def frozen_resnet() -> ResNet:
 
 
 def loss_of(net, x):
-    return sum(o.pow(2).mean() for o in net(x))
+    outs = net(x)
+    return sum(o.pow(2).mean() for o in (outs if isinstance(outs, tuple) else (outs, )))
 
 
 def taylor_by_hand(net, structure, x) -> dict:
@@ -112,8 +115,8 @@ def test_checkpoint_state_round_trips():
     a.count = 4.0
     b.load_state_dict(a.state_dict())
     assert torch.equal(a.sums, b.sums) and b.count == 4.0
-    other = TaylorSaliency(ResNet(depth=18, out_indices=(2, 3)),
-                           derive_structure(ResNet(depth=18, out_indices=(2, 3)), SHAPE))
+    other = FrozenPair()
+    other = TaylorSaliency(other, derive_structure(other, SHAPE))
     with pytest.raises(ValueError, match='other layers'):
         other.load_state_dict(a.state_dict())
 
@@ -148,6 +151,22 @@ def test_group_scores_channel_order_and_layer_values():
         [0.0, float(s[first].sum()), float(s.sum())])
 
 
+class FrozenPair(nn.Sequential):
+    """Two conv-BN-ReLU layers with frozen BN, light enough for the worker processes."""
+
+    def __init__(self):
+        torch.manual_seed(0)
+        super().__init__(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+                         nn.Conv2d(8, 16, 3, stride=2, padding=1), nn.BatchNorm2d(16), nn.ReLU())
+        with torch.no_grad():
+            for bn in (self[1], self[4]):
+                bn.weight.uniform_(0.5, 1.5)
+                bn.bias.normal_(0, 0.2)
+                bn.weight.requires_grad_(False)
+                bn.bias.requires_grad_(False)
+        self.eval()  # frozen statistics, as norm_eval
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(('127.0.0.1', 0))
@@ -166,7 +185,7 @@ def _collect_on_rank(rank: int, world: int, port: int, out: str) -> None:
     torch.set_num_threads(1)
     torch_dist.init_process_group('gloo', rank=rank, world_size=world)
     try:
-        net = frozen_resnet()
+        net = FrozenPair()
         collector = TaylorSaliency(net, derive_structure(net, SHAPE))
         collector.start()
         for it in range(3):
@@ -185,7 +204,7 @@ def test_ranks_hold_identical_totals_without_non_finite_iterations(tmp_path):
     ranks = [torch.load(tmp_path / f'rank{r}.pt') for r in range(2)]
     assert torch.equal(ranks[0]['sums'], ranks[1]['sums'])
     assert ranks[0]['count'] == ranks[1]['count'] == 5
-    net = frozen_resnet()
+    net = FrozenPair()
     structure = derive_structure(net, SHAPE)
     expected = mean_of([taylor_by_hand(net, structure, _inputs(r, it))
                         for r in range(2) for it in range(3) if (r, it) != OVERFLOW])

@@ -1,6 +1,7 @@
 """JointPruning: the estimator on synthetic objectives with a known optimum, the projection onto
 the latency budget, the weight-sharing sub-networks of StreamPETR, and a short search end to end
-through tools/train.py whose fixed sub-network then loads into a freshly built dense model."""
+through tools/train.py whose fixed sub-network stays masked while it fine-tunes and exports to a
+physically smaller model."""
 import json
 import os.path as osp
 import subprocess
@@ -18,12 +19,12 @@ from mmengine.structures import InstanceData
 from scipy.optimize import brentq, minimize
 
 from mmdp.config_utils import load_config
-from mmdp.latency import FlopsLatency, LatencyTable, make_meta
 from mmdp.export import export_pruned
 from mmdp.jointprune import (InfeasibleBudgetError, LatencyProjection, PruningSpace,
                              SelfAdaptedGradient, SubnetLoss, bn_gamma_ranking,
                              build_sized_latency, preserved_stream_state, resize_batch,
-                             subnetwork)
+                             subnetwork, taylor_ranking)
+from mmdp.latency import FlopsLatency, LatencyTable, make_meta
 from mmdp.structure import StructureChoice, derive_structure, prune_copy
 from projects.streampetr.fake_inputs import fake_frame
 
@@ -144,6 +145,23 @@ def test_space_maps_vectors_to_sub_networks(bare_space):
         PruningSpace(space.structure, [(96, 256), (72, 200)], divisor=16)
     with pytest.raises(ValueError, match='largest image area'):
         PruningSpace(space.structure, [(64, 192), (96, 256)], divisor=16)
+
+
+def test_taylor_ranking_orders_channels_and_blocks(bare_space):
+    space, _, _ = bare_space
+    st = space.structure
+    rng = np.random.default_rng(0)
+    saliency = {layer.name: torch.as_tensor(rng.normal(size=layer.out_channels))
+                for layer in st.layers}
+    stage = space.stages[2]  # layer3
+    for i, block in enumerate(stage.blocks):  # block i of layer3 is worth (6 - i)
+        for name in next(b for b in st.blocks if b.name == block).layers:
+            saliency[name] = torch.full((st.layer(name).out_channels, ), 6.0 - i)
+    ranking = taylor_ranking(st, saliency, space.stages)
+    assert ranking.blocks['layer3'] == tuple(reversed(stage.blocks))
+    group = 'layer2.residual'
+    total = sum(saliency[layer.name] for layer in st.layers if layer.group == group).abs()
+    assert ranking.channels[group] == torch.argsort(-total, stable=True).tolist()
 
 
 def test_projection_always_lands_within_budget(bare_space):
@@ -337,16 +355,9 @@ def test_resize_scales_cameras_and_2d_ground_truth(detector):
 
 
 # ---------------------------------------------------------------- end to end
-def data_options(infos):
-    root = infos['root'] + '/'
-    return [
-        f'train_dataloader.dataset.data_root={root}',
-        f'train_dataloader.dataset.ann_file={infos["train"]}',
-        f'val_dataloader.dataset.data_root={root}',
-        f'val_dataloader.dataset.ann_file={infos["val"]}',
-        f'val_evaluator.data_root={root}',
-        f'val_evaluator.ann_file={infos["val"]}',
-    ]
+def train_data_options(infos):
+    return [f"train_dataloader.dataset.data_root={infos['root']}/",
+            f"train_dataloader.dataset.ann_file={infos['train']}"]
 
 
 def tool(*args):
@@ -357,20 +368,23 @@ def tool(*args):
 
 @pytest.fixture(scope='module')
 def searched(nusc_infos, tmp_path_factory):
-    """Saliency over iteration 0, search steps before iterations 1 and 2, the fix after
-    iteration 2, one fine-tuning iteration."""
+    """Search steps before iterations 0 and 1, the fix after iteration 1, one fine-tuning
+    iteration. The |gamma| order spares the config's saliency iteration (the Taylor order is
+    tested on its own below)."""
     work = str(tmp_path_factory.mktemp('jointprune'))
-    tool('tools/train.py', CONFIG, '--work-dir', work, '--cfg-options', *data_options(nusc_infos),
-         'train_dataloader.batch_size=1', 'train_cfg.max_iters=4', 'train_cfg.val_interval=1000',
-         'default_hooks.checkpoint.interval=4', 'custom_hooks.1.search_end=3',
-         'randomness.seed=0')
+    tool('tools/train.py', CONFIG, '--work-dir', work, '--cfg-options',
+         *train_data_options(nusc_infos),
+         'train_dataloader.batch_size=1', 'train_cfg.max_iters=3', 'val_cfg=None',
+         'val_dataloader=None', 'val_evaluator=None', 'default_hooks.checkpoint.interval=3',
+         'custom_hooks.1.importance=bn_gamma', 'custom_hooks.1.search_begin=0',
+         'custom_hooks.1.search_end=2', 'randomness.seed=0')
     return work
 
 
 def test_search_writes_trajectory_solution_and_config(searched):
     with open(osp.join(searched, 'jointprune_trajectory.jsonl')) as f:
         steps = [json.loads(line) for line in f]
-    assert [(s['step'], s['iter']) for s in steps] == [(1, 1), (2, 2)]
+    assert [(s['step'], s['iter']) for s in steps] == [(1, 0), (2, 1)]
     for s in steps:
         assert np.isfinite(s['loss']) and s['latency'] <= s['budget']
         assert len(s['vector']) == len(s['names']) == 13
@@ -388,7 +402,7 @@ def test_search_writes_trajectory_solution_and_config(searched):
 
 
 def test_fixed_sub_network_stays_masked_and_exports(searched, tmp_path):
-    path = osp.join(searched, 'iter_4.pth')
+    path = osp.join(searched, 'iter_3.pth')
     final_config = osp.join(searched, 'jointprune_final_config.py')
     ckpt = torch.load(path, weights_only=False)
     fixed = ckpt['jointprune']['fixed']

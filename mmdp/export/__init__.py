@@ -1,6 +1,5 @@
 """Export of a pruning run's checkpoint to a physically smaller model (config + weights)."""
-from .export import export_pruned, pruned_config_text
+from .export import export_pruned
 from .pruned_resnet import PROBE_SHAPE, PrunedResNet, StructureMismatchError
 
-__all__ = ['PROBE_SHAPE', 'PrunedResNet', 'StructureMismatchError', 'export_pruned',
-           'pruned_config_text']
+__all__ = ['PROBE_SHAPE', 'PrunedResNet', 'StructureMismatchError', 'export_pruned']

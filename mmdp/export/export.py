@@ -18,7 +18,7 @@ from mmdp.structure import derive_structure, prune_copy
 
 from .pruned_resnet import PROBE_SHAPE
 
-PRUNING_HOOKS = ('SaliencyHook', 'PruningHook')
+PRUNING_HOOKS = ('SaliencyHook', 'PruningHook', 'JointPruningHook')
 EXPORT_IMPORT = 'mmdp.export'
 
 
@@ -46,19 +46,27 @@ def _check_masked(model, structure, choice, checkpoint: str) -> None:
                              'pruning hooks')
 
 
-def pruned_config_text(config: str, cfg, structure, choice, weights: str,
-                       checkpoint: str) -> str:
-    prefix = structure.backbone + '.' if structure.backbone else ''
+def _pruned_config_text(config: str, cfg, structure, choice, weights: str,
+                        checkpoint: str) -> str:
+    """`config` with the backbone at `structure.backbone` replaced by a `PrunedResNet` of
+    `choice`, the neck's inputs narrowed alike and the pruning hooks dropped."""
+    if not structure.backbone:
+        raise ValueError('export needs a detector config whose backbone is a module of the model')
+    prefix = structure.backbone + '.'
     widths = {g[len(prefix):]: w for g, w in choice.all_widths(structure).items()
               if w != structure.groups[g]}
     removed = [b[len(prefix):] for b in structure.block_names if b in choice.removed_blocks]
     imports = list(cfg.get('custom_imports', {}).get('imports', []))
     hooks = [h for h in cfg.to_dict().get('custom_hooks', []) if h.get('type') not in PRUNING_HOOKS]
     backbone = dict(type='PrunedResNet', init_cfg=None, widths=widths, removed_blocks=removed)
-    model = dict(img_backbone=backbone)
+    model = {structure.backbone: backbone}
     if structure.consumers:
-        model['img_neck'] = dict(in_channels=[choice.width(structure, g)
-                                              for g in structure.outputs])
+        neck = structure.consumers[0].name.split('.')[0]
+        neck_inputs = cfg.model[neck].in_channels
+        if len(neck_inputs) != len(structure.outputs):
+            raise ValueError(f'{neck} reads {len(neck_inputs)} inputs {neck_inputs}, the '
+                             f'backbone gives {len(structure.outputs)}: cannot narrow them')
+        model[neck] = dict(in_channels=[choice.width(structure, g) for g in structure.outputs])
     body = {
         'custom_imports': dict(imports=imports + [EXPORT_IMPORT] * (EXPORT_IMPORT not in imports),
                                allow_failed_imports=False),
@@ -97,10 +105,11 @@ def export_pruned(config: str, checkpoint: str, out_dir: str,
 
     os.makedirs(out_dir, exist_ok=True)
     weights, config_out = osp.join(out_dir, 'pruned.pth'), osp.join(out_dir, 'pruned.py')
+    text = _pruned_config_text(config, cfg, structure, choice, weights, checkpoint)
     meta = {'source_config': osp.abspath(config), 'source_checkpoint': osp.abspath(checkpoint),
             'iter': ckpt.get('meta', {}).get('iter'), CHECKPOINT_KEY: state.to_dict()}
+    # The weights first: a config is never left pointing at weights that are not there.
     atomic_write(weights, lambda tmp: torch.save(
         {'meta': meta, 'state_dict': pruned.state_dict()}, tmp))
-    text = pruned_config_text(config, cfg, structure, choice, weights, checkpoint)
     atomic_write(config_out, lambda tmp: _write_text(tmp, text))
     return config_out, weights

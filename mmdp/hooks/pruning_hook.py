@@ -40,11 +40,13 @@ class PruningHook(Hook):
         latency_table: table file of `tools/profile_latency.py` for this device and the
             config's `latency_input_shape`.
         prune_ratio: the fraction of the modelled dense latency to remove (0.45: "MDP-45%").
-        at_iter: iteration of the first (or only) event; the saliency window must end there.
+        at_iter: iteration of the first (or only) event; the saliency window must start before
+            it and last up to the last event.
         steps, interval: number of events and iterations between them.
-        chunk: channels are kept in multiples of this (a group's full width is always allowed).
+        chunk: channels are kept in multiples of this (a group's full width is always allowed);
+            at least the table's channel step, which is the default.
         latency_model: a `LATENCY_MODELS` name or dict (extra keys go to its constructor).
-        solver: a `SOLVERS` name or dict (e.g. dict(type='mdp', time_limit=60)).
+        solver: a `SOLVERS` name or dict; default dict(type='mdp', time_limit=60).
         latency_device: the device the table must have been profiled on; default: the one this
             run trains on. Name another to prune for a deployment device.
         out_dir: folder under the work dir for the event files.
@@ -52,9 +54,9 @@ class PruningHook(Hook):
     priority = 'NORMAL'
 
     def __init__(self, latency_table: str, prune_ratio: float, at_iter: int, steps: int = 1,
-                 interval: int = 0, chunk: int = 32,
+                 interval: int = 0, chunk: Optional[int] = None,
                  latency_model: Union[str, dict] = 'lut_bilinear',
-                 solver: Union[str, dict] = dict(type='mdp', time_limit=60),
+                 solver: Union[str, dict, None] = None,
                  latency_device: Optional[str] = None, out_dir: str = 'pruning'):
         if not 0 < prune_ratio < 1:
             raise ValueError(f'PruningHook: prune_ratio must lie in (0, 1), found {prune_ratio}')
@@ -64,17 +66,18 @@ class PruningHook(Hook):
         if steps < 1 or (steps > 1 and interval < 1):
             raise ValueError(f'PruningHook: steps must be >= 1 and interval >= 1 when steps > 1, '
                              f'found steps={steps}, interval={interval}')
-        if chunk < 1:
+        if chunk is not None and chunk < 1:
             raise ValueError(f'PruningHook: chunk must be >= 1, found {chunk}')
         self.latency_cfg = (dict(type=latency_model) if isinstance(latency_model, str)
                             else dict(latency_model))
+        solver = dict(type='mdp', time_limit=60) if solver is None else solver
         self.solver_cfg = dict(type=solver) if isinstance(solver, str) else dict(solver)
         for registry, cfg, what in ((LATENCY_MODELS, self.latency_cfg, 'latency_model'),
                                     (SOLVERS, self.solver_cfg, 'solver')):
             name = cfg.get('type')
             if not isinstance(name, str) or registry.get(name) is None:
                 raise ValueError(f'PruningHook: {what} type {name!r} is not registered; '
-                               f'choose one of {sorted(registry.module_dict)}')
+                                 f'choose one of {sorted(registry.module_dict)}')
         self.iterative = issubclass(SOLVERS.get(self.solver_cfg['type']), HALPSolver)
         if steps > 1 and not self.iterative:
             raise ValueError(f"PruningHook: steps={steps} needs a solver that keeps widths at "
@@ -82,7 +85,7 @@ class PruningHook(Hook):
                              f"{self.solver_cfg['type']!r} prunes once")
         self.table_path, self.prune_ratio = latency_table, float(prune_ratio)
         self.events = [int(at_iter) + s * int(interval) for s in range(int(steps))]
-        self.chunk, self.latency_device, self.out_dir = int(chunk), latency_device, out_dir
+        self.chunk, self.latency_device, self.out_dir = chunk, latency_device, out_dir
         self.state = PruningState()
         self._grad_hooks = []
 
@@ -97,6 +100,13 @@ class PruningHook(Hook):
         except ValueError as e:
             raise ValueError(f'latency table {self.table_path} does not fit the model: {e}; '
                              f'{self._profile_hint(runner)}') from None
+        step = self.table.meta['step']
+        self.chunk = step if self.chunk is None else int(self.chunk)
+        if self.chunk < step:
+            raise ValueError(f'PruningHook: chunk={self.chunk} is finer than the {step}-channel '
+                             f'step of latency table {self.table_path}, which has no timings '
+                             f'below {step} channels; set chunk >= {step} or profile with '
+                             f'--step {self.chunk}')
         self.dense_ms = self._latency_model().predict(StructureChoice())
         self.reference = self._latency_model(reference=True)
         self.saliency = self._saliency_hook(runner)

@@ -14,7 +14,7 @@ def runner_structure(runner) -> Structure:
     (the input the latency table was profiled at)."""
     shape = runner.cfg.get('latency_input_shape')
     if shape is None:
-        raise KeyError("the config has no 'latency_input_shape': set it to the (N, C, H, W) of "
-                       'the backbone input the latency table is profiled at, e.g. '
-                       '(6, 3, 256, 704) for six 704x256 views')
+        raise ValueError("the config has no 'latency_input_shape': set it to the (N, C, H, W) "
+                         'of the backbone input the latency table is profiled at, e.g. '
+                         '(6, 3, 256, 704) for six 704x256 views')
     return derive_structure(bare_model(runner), shape)

@@ -43,10 +43,11 @@ class TaylorSaliency:
         return bool(self._handles)
 
     def start(self) -> None:
-        """Hook gamma and beta of every BN. A frozen BN (requires_grad=False, so not in the
-        optimizer) gets requires_grad for the window, and its gradient is dropped as soon as it
-        is read: it is not trained, and since no optimizer zeroes it, it would otherwise pile up
-        across iterations."""
+        """Hook gamma and beta of every BN. A frozen BN (requires_grad=False, as StreamPETR's)
+        gets requires_grad for the window, and its gradient is dropped as soon as it is read: the
+        optimizer must not train it (an optimizer skips a parameter without gradient, and
+        mmengine leaves frozen ones out of it anyway, so nothing would zero that gradient
+        between iterations either)."""
         if self.active:
             return
         for name, bn in self.bns.items():

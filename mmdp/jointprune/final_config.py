@@ -31,7 +31,7 @@ def final_size_config(cfg: Config, size, full_size) -> Config:
     """A copy of `cfg` whose pipelines produce images of `size` (H, W) instead of `full_size`."""
     size, full_size = tuple(int(s) for s in size), tuple(int(s) for s in full_size)
     out = copy.deepcopy(cfg)
-    transforms = _resize_transforms(out._cfg_dict, [])
+    transforms = _resize_transforms([out[key] for key in out.keys()], [])
     if not transforms:
         raise ValueError(f'the config has no {RESIZE_TRANSFORM} in any pipeline: cannot set '
                          f'the image size {size}')

@@ -8,6 +8,7 @@ for measured tables, which the log says). `flops` without any table counts MACs 
 structure in units of the dense backbone (1.0 = dense).
 """
 import datetime
+import os.path as osp
 from typing import Optional
 
 from mmdp.latency import LATENCY_MODELS, LatencyTable
@@ -98,7 +99,12 @@ def build_sized_latency(cfg: dict, structure: Structure, full_size, ladder,
                          "tools/profile_latency.py) or latency.tables ({'HxW': file})")
     models = {}
     for size, path in paths.items():
-        expect = dict(input_shape=(batch, structure.input_shape[1], *size))
-        models[size] = _model_class(kind)(table=path, expect=expect, **cfg)
+        shape = (batch, structure.input_shape[1], *size)
+        if not osp.isfile(path):
+            raise FileNotFoundError(
+                f'latency table {path} (image size {size}) does not exist: profile it on the '
+                f'target device with `python tools/profile_latency.py CONFIG --input-shape '
+                f"{' '.join(map(str, shape))} --out {path}`")
+        models[size] = _model_class(kind)(table=path, expect=dict(input_shape=shape), **cfg)
     models[full_size].table.check_structure(structure)
     return SizedLatency(models, full_size)
