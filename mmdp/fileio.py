@@ -38,3 +38,11 @@ def atomic_write_json(path, data) -> None:
             f.write('\n')
 
     atomic_write(path, write)
+
+
+def atomic_write_text(path, text: str) -> None:
+    def write(tmp):
+        with open(tmp, 'w') as f:
+            f.write(text)
+
+    atomic_write(path, write)

@@ -12,7 +12,7 @@ from mmengine.utils import import_modules_from_strings
 
 import mmdp.checkpoint_compat  # noqa: F401  (mmengine checkpoints load on torch >= 2.6)
 from mmdp.config_utils import load_config
-from mmdp.fileio import atomic_write
+from mmdp.fileio import atomic_write, atomic_write_text
 from mmdp.pruning import CHECKPOINT_KEY, PruningMasks, PruningState
 from mmdp.structure import derive_structure, prune_copy
 
@@ -20,11 +20,6 @@ from .pruned_resnet import PROBE_SHAPE
 
 PRUNING_HOOKS = ('SaliencyHook', 'PruningHook', 'JointPruningHook')
 EXPORT_IMPORT = 'mmdp.export'
-
-
-def _write_text(path: str, text: str) -> None:
-    with open(path, 'w') as f:
-        f.write(text)
 
 
 def _build_model(cfg):
@@ -111,5 +106,5 @@ def export_pruned(config: str, checkpoint: str, out_dir: str,
     # The weights first: a config is never left pointing at weights that are not there.
     atomic_write(weights, lambda tmp: torch.save(
         {'meta': meta, 'state_dict': pruned.state_dict()}, tmp))
-    atomic_write(config_out, lambda tmp: _write_text(tmp, text))
+    atomic_write_text(config_out, text)
     return config_out, weights

@@ -6,7 +6,6 @@ from typing import Optional, Union
 from mmdet3d.registry import HOOKS
 from mmengine.dist import broadcast_object_list, is_main_process
 from mmengine.hooks import Hook
-from mmengine.optim import OptimWrapperDict
 
 from mmdp.fileio import atomic_write_json
 from mmdp.latency import (LATENCY_MODELS, BilinearLutLatency, LatencyTable, LinearLutLatency,
@@ -17,7 +16,7 @@ from mmdp.pruning.state import CHECKPOINT_KEY, PruningState
 from mmdp.solvers import SOLVERS, HALPSolver
 from mmdp.structure import StructureChoice
 
-from .runner_utils import bare_model, runner_structure
+from .runner_utils import bare_model, runner_optimizers, runner_structure
 from .saliency_hook import SaliencyHook
 
 
@@ -186,23 +185,11 @@ class PruningHook(Hook):
             handle.remove()
         self._grad_hooks = []
 
-    def _optimizers(self, runner) -> list:
-        wrapper = runner.optim_wrapper
-        wrappers = wrapper.values() if isinstance(wrapper, OptimWrapperDict) else [wrapper]
-        return [w.optimizer for w in wrappers]
-
     def _apply(self, runner) -> None:
         """Mask the model, its optimizer state and (through hooks) its gradients."""
-        model = bare_model(runner)
         masks = PruningMasks(self.structure, self.state.choice())
-        masks.apply_(model)
-        optimizers = self._optimizers(runner)
-        for optimizer in optimizers:
-            masks.apply_to_optimizer_(model, optimizer)
-        trained = {id(p) for opt in optimizers for group in opt.param_groups
-                   for p in group['params'] if p.requires_grad}
         self._remove_grad_hooks()
-        self._grad_hooks = masks.hook_gradients(model, trained)
+        self._grad_hooks = masks.enforce_(bare_model(runner), runner_optimizers(runner))
 
     def _prune(self, runner) -> None:
         event = self.state.events_done + 1

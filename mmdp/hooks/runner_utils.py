@@ -1,5 +1,7 @@
-"""What both pruning hooks need from the runner: the bare model and its prunable structure."""
+"""What the pruning hooks need from the runner: the bare model, its optimizers and its prunable
+structure."""
 from mmengine.model import is_model_wrapper
+from mmengine.optim import OptimWrapperDict
 from torch import nn
 
 from mmdp.structure import Structure, derive_structure
@@ -7,6 +9,12 @@ from mmdp.structure import Structure, derive_structure
 
 def bare_model(runner) -> nn.Module:
     return runner.model.module if is_model_wrapper(runner.model) else runner.model
+
+
+def runner_optimizers(runner) -> list:
+    wrapper = runner.optim_wrapper
+    wrappers = wrapper.values() if isinstance(wrapper, OptimWrapperDict) else [wrapper]
+    return [w.optimizer for w in wrappers]
 
 
 def runner_structure(runner) -> Structure:

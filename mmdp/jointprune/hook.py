@@ -28,11 +28,10 @@ import numpy as np
 from mmdet3d.registry import HOOKS
 from mmengine.dist import is_main_process
 from mmengine.hooks import Hook
-from mmengine.model import is_model_wrapper
-from mmengine.optim import OptimWrapperDict
 
 from mmdp.fileio import atomic_write, atomic_write_json
 from mmdp.hooks import SaliencyHook
+from mmdp.hooks.runner_utils import bare_model, runner_optimizers
 from mmdp.pruning import CHECKPOINT_KEY as PRUNING_KEY
 from mmdp.pruning import PruningMasks, PruningState
 from mmdp.structure import StructureChoice, derive_structure
@@ -54,10 +53,6 @@ TRAJECTORY = 'jointprune_trajectory.jsonl'
 PLOT = 'jointprune_trajectory.png'
 SOLUTION = 'jointprune_solution.json'
 FINAL_CONFIG = 'jointprune_final_config.py'
-
-
-def _unwrap(model):
-    return model.module if is_model_wrapper(model) else model
 
 
 @HOOKS.register_module()
@@ -115,7 +110,7 @@ class JointPruningHook(Hook):
 
     # ------------------------------------------------------------------ set-up
     def before_run(self, runner) -> None:
-        model = _unwrap(runner.model)
+        model = bare_model(runner)
         shape = self.input_shape or runner.cfg.get('latency_input_shape')
         if shape is None:
             raise ValueError('JointPruningHook needs the backbone input shape: set '
@@ -170,7 +165,7 @@ class JointPruningHook(Hook):
             saliency = self._saliency_hook(runner).collector.average()
             self.ranking = taylor_ranking(self.structure, saliency, self.space.stages)
         else:
-            self.ranking = bn_gamma_ranking(_unwrap(runner.model), self.structure,
+            self.ranking = bn_gamma_ranking(bare_model(runner), self.structure,
                                             self.space.stages)
         self.projection = LatencyProjection(self.latency_of, self.budget, self.space.cells)
         self.estimator = SelfAdaptedGradient(self.projection(np.ones(self.space.dim)),
@@ -195,7 +190,7 @@ class JointPruningHook(Hook):
         start = time.perf_counter()
         if self.estimator is None:
             self._start_search(runner)
-        model = _unwrap(runner.model)
+        model = bare_model(runner)
         data = model.data_preprocessor(data_batch, True)
         batch_size = tuple(data['inputs']['imgs'].shape[-2:])
         if batch_size != self.space.full_size:
@@ -288,18 +283,9 @@ class JointPruningHook(Hook):
 
     def _apply_fixed(self, runner) -> None:
         """Mask the model, its optimizer state and (through hooks) its gradients."""
-        model = _unwrap(runner.model)
         masks = PruningMasks(self.structure, self._fixed_choice())
-        masks.apply_(model)
-        wrapper = runner.optim_wrapper
-        optimizers = [w.optimizer for w in (wrapper.values() if isinstance(
-            wrapper, OptimWrapperDict) else [wrapper])]
-        for optimizer in optimizers:
-            masks.apply_to_optimizer_(model, optimizer)
-        trained = {id(p) for opt in optimizers for group in opt.param_groups
-                   for p in group['params'] if p.requires_grad}
         self._remove_grad_hooks()
-        self._grad_hooks = masks.hook_gradients(model, trained)
+        self._grad_hooks = masks.enforce_(bare_model(runner), runner_optimizers(runner))
 
     def _remove_grad_hooks(self) -> None:
         for handle in self._grad_hooks:

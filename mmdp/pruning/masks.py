@@ -66,6 +66,16 @@ class PruningMasks:
                 if torch.is_tensor(value) and value.shape == param.shape:
                     value.masked_fill_(~mask, 0)
 
+    def enforce_(self, model: nn.Module, optimizers: list) -> list:
+        """Everything training needs: mask the model and the optimizers' state, and hook the
+        gradients of the parameters the optimizers update; returns the hook handles."""
+        self.apply_(model)
+        for optimizer in optimizers:
+            self.apply_to_optimizer_(model, optimizer)
+        trained = {id(p) for opt in optimizers for group in opt.param_groups
+                   for p in group['params'] if p.requires_grad}
+        return self.hook_gradients(model, trained)
+
     def hook_gradients(self, model: nn.Module, trained: set) -> list:
         """Zero the gradients of pruned entries as they are computed, for the parameters whose
         id is in `trained` (those an optimizer updates); returns the hook handles."""

@@ -16,14 +16,20 @@ def _save(fig, path):
 def widths_figure(summary: dict, title: str, path: str) -> None:
     """Per group: width before and after the (last) pruning event."""
     groups = list(summary['groups'])
+    removed = tuple(b + '.' for b in summary['removed_blocks'])
+    gone = [g.startswith(removed) for g in groups]
     before = [summary['groups'][g]['before'] for g in groups]
-    after = [summary['groups'][g]['after'] for g in groups]
+    # A removed block's convs are gone whatever width their group was given.
+    after = [0 if out else summary['groups'][g]['after'] for g, out in zip(groups, gone)]
     fig, ax = plt.subplots(figsize=(max(6, 0.28 * len(groups)), 4))
     x = range(len(groups))
     ax.bar(x, before, color='#cccccc', label='dense')
     ax.bar(x, after, color='#1f77b4', label='pruned')
     ax.set_xticks(list(x), [g.split('backbone.')[-1] for g in groups], rotation=90, fontsize=7)
-    ax.set(ylabel='channels', title=title)
+    for label, out in zip(ax.get_xticklabels(), gone):
+        if out:
+            label.set_color('#d62728')
+    ax.set(ylabel='channels', title=f'{title} (removed blocks in red)' if any(gone) else title)
     ax.legend()
     _save(fig, path)
 

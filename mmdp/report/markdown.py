@@ -2,7 +2,7 @@
 import os
 import os.path as osp
 
-from mmdp.fileio import atomic_write
+from mmdp.fileio import atomic_write_text
 from mmdp.jointprune.plot import plot_trajectory
 
 from . import figures
@@ -60,11 +60,5 @@ def write_report(runs: list, out_dir: str) -> str:
             plot_trajectory(run.trajectory, osp.join(out_dir, png))
             lines += ['', f'## {run.name}: JointPruning search', '', f'![search]({png})']
     path = osp.join(out_dir, 'report.md')
-    text = '\n'.join(lines) + '\n'
-
-    def write(tmp):
-        with open(tmp, 'w') as f:
-            f.write(text)
-
-    atomic_write(path, write)
+    atomic_write_text(path, '\n'.join(lines) + '\n')
     return path

@@ -1,7 +1,6 @@
 """The pruning problem and its solution (docs/problem-format.md) in memory and as JSON."""
 import json
 import math
-import os
 from dataclasses import asdict, dataclass, field
 from typing import Optional
 
