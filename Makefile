@@ -6,20 +6,21 @@ BIN := $(VENV)/bin
 WHEEL_CACHE ?= ../shared/wheels/cpu
 FIND_LINKS := $(if $(wildcard $(WHEEL_CACHE)/*.whl),--find-links $(WHEEL_CACHE),)
 STAMP := $(VENV)/.mmdp-installed
+PIP := $(BIN)/pip install -c constraints.txt
 
 .PHONY: install demo test clean-venv
 
 install: $(STAMP)
 
-$(STAMP): requirements.txt setup.py
+$(STAMP): requirements.txt constraints.txt setup.py
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
-	$(BIN)/pip install -q "setuptools<81" wheel
-	$(BIN)/pip install -q torch==2.13.0 "numpy<2"
-	MMCV_WITH_OPS=1 $(BIN)/pip install $(FIND_LINKS) --no-build-isolation mmcv==2.1.0
-	$(BIN)/pip install -q -r requirements.txt
+	$(PIP) -q "setuptools<81" wheel
+	$(PIP) -q torch==2.13.0 numpy
+	MMCV_WITH_OPS=1 $(PIP) $(FIND_LINKS) --no-build-isolation mmcv==2.1.0
+	$(PIP) -q -r requirements.txt
 	# mmdet3d pins open3d and others it does not need here: take it alone, then what it imports.
-	$(BIN)/pip install -q --no-deps mmdet3d==1.4.0 lyft-dataset-sdk==0.0.8
-	$(BIN)/pip install -q --no-build-isolation --no-deps -e .
+	$(PIP) -q --no-deps mmdet3d==1.4.0 lyft-dataset-sdk==0.0.8
+	$(PIP) -q --no-build-isolation --no-deps -e .
 	touch $(STAMP)
 
 demo: install

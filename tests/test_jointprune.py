@@ -12,10 +12,8 @@ import pytest
 import torch
 from mmdet.models.backbones import ResNet
 from mmdet3d.registry import MODELS
-from mmdet3d.structures import LiDARInstance3DBoxes
 from mmengine.registry import init_default_scope
 from mmengine.runner import Runner
-from mmengine.structures import InstanceData
 from scipy.optimize import brentq, minimize
 
 from mmdp.config_utils import load_config
@@ -26,7 +24,7 @@ from mmdp.jointprune import (InfeasibleBudgetError, LatencyProjection, PruningSp
                              subnetwork, taylor_ranking)
 from mmdp.latency import FlopsLatency, LatencyTable, make_meta
 from mmdp.structure import StructureChoice, derive_structure, prune_copy
-from projects.streampetr.fake_inputs import fake_frame
+from projects.streampetr.fake_inputs import add_fake_ground_truth, fake_frame
 
 CONFIG = 'configs/streampetr_jointprune45_small_cpu.py'
 
@@ -217,25 +215,6 @@ def test_latency_tables_per_ladder_size(tmp_path):
 
 
 # ---------------------------------------------------------------- sub-networks of StreamPETR
-def frame_with_gt(h, w, index):
-    frame = fake_frame(h, w, index)
-    ds = frame['data_samples'][0]
-    gt = InstanceData()
-    gt.bboxes_3d = LiDARInstance3DBoxes(
-        torch.tensor([[8.0, 1.0, -1.5, 4.2, 1.9, 1.6, 0.3, 2.0, 0.0],
-                      [3.0, -6.0, -1.0, 0.6, 0.7, 1.8, 1.2, 0.0, 0.5]]), box_dim=9)
-    gt.labels_3d = torch.tensor([0, 8])
-    ds.gt_instances_3d = gt
-    gt2d = InstanceData()
-    gt2d.bboxes = torch.tensor([[40.0, 30.0, 90.0, 70.0]])
-    gt2d.labels = torch.tensor([0])
-    gt2d.centers_2d = torch.tensor([[65.0, 50.0]])
-    gt2d.depths = torch.tensor([8.0])
-    gt2d.view_ids = torch.tensor([0])
-    ds.gt_instances = gt2d
-    return frame
-
-
 @pytest.fixture(scope='module')
 def detector():
     """The small config's StreamPETR with non-trivial BN, its structure, space and ranking, and
@@ -256,7 +235,7 @@ def detector():
     space = PruningSpace(structure, cfg.ladder, divisor=16, prune_residual=True)
     ranking = bn_gamma_ranking(model, structure, space.stages)
     h, w = cfg.img_size
-    frames = [frame_with_gt(h, w, 0)]
+    frames = [add_fake_ground_truth(fake_frame(h, w, 0))]
     batch = dict(inputs=dict(img=[f['inputs']['img'][0] for f in frames]),
                  data_samples=[f['data_samples'][0] for f in frames])
     data = model.data_preprocessor(batch, True)

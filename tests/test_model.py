@@ -4,10 +4,9 @@ import torch
 from mmdet3d.registry import MODELS
 from mmdet3d.structures import LiDARInstance3DBoxes
 from mmengine.registry import init_default_scope
-from mmengine.structures import InstanceData
 
 from mmdp.config_utils import load_config
-from projects.streampetr.fake_inputs import fake_frame
+from projects.streampetr.fake_inputs import add_fake_ground_truth, fake_frame
 
 CONFIG = 'configs/streampetr_r50_small_cpu.py'
 
@@ -26,24 +25,6 @@ def model(cfg):
     return m
 
 
-def with_gt(frame):
-    ds = frame['data_samples'][0]
-    gt = InstanceData()
-    gt.bboxes_3d = LiDARInstance3DBoxes(
-        torch.tensor([[8.0, 1.0, -1.5, 4.2, 1.9, 1.6, 0.3, 2.0, 0.0],
-                      [3.0, -6.0, -1.0, 0.6, 0.7, 1.8, 1.2, 0.0, 0.5]]), box_dim=9)
-    gt.labels_3d = torch.tensor([0, 8])
-    ds.gt_instances_3d = gt
-    gt2d = InstanceData()
-    gt2d.bboxes = torch.tensor([[40.0, 30.0, 90.0, 70.0]])
-    gt2d.labels = torch.tensor([0])
-    gt2d.centers_2d = torch.tensor([[65.0, 50.0]])
-    gt2d.depths = torch.tensor([8.0])
-    gt2d.view_ids = torch.tensor([0])
-    ds.gt_instances = gt2d
-    return frame
-
-
 def batch_of(frames):
     return dict(inputs=dict(img=[f['inputs']['img'][0] for f in frames]),
                 data_samples=[f['data_samples'][0] for f in frames])
@@ -51,7 +32,7 @@ def batch_of(frames):
 
 def test_loss_is_finite_and_trains_every_head(cfg, model):
     h, w = cfg.img_size
-    data = model.data_preprocessor(batch_of([with_gt(fake_frame(h, w, i)) for i in range(2)]),
+    data = model.data_preprocessor(batch_of([add_fake_ground_truth(fake_frame(h, w, i)) for i in range(2)]),
                                    True)
     assert data['inputs']['imgs'].shape == (2, 6, 3, h, w)
     losses = model(**data, mode='loss')

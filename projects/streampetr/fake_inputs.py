@@ -1,7 +1,8 @@
 """Random six-view frames with a plausible camera rig, for timing and tests without a dataset."""
 import numpy as np
 import torch
-from mmdet3d.structures import Det3DDataSample
+from mmdet3d.structures import Det3DDataSample, LiDARInstance3DBoxes
+from mmengine.structures import InstanceData
 
 NUM_VIEWS = 6
 
@@ -33,3 +34,22 @@ def fake_frame(h: int, w: int, index: int = 0, scene: str = 'fake', prev_exists=
         sample_idx=index))
     img = torch.rand(NUM_VIEWS, 3, h, w, generator=gen) * 255
     return dict(inputs=dict(img=[img]), data_samples=[ds])
+
+
+def add_fake_ground_truth(frame):
+    """Two 3D boxes (a car, a pedestrian) and one 2D box in view 0, for loss computations."""
+    ds = frame['data_samples'][0]
+    gt = InstanceData()
+    gt.bboxes_3d = LiDARInstance3DBoxes(
+        torch.tensor([[8.0, 1.0, -1.5, 4.2, 1.9, 1.6, 0.3, 2.0, 0.0],
+                      [3.0, -6.0, -1.0, 0.6, 0.7, 1.8, 1.2, 0.0, 0.5]]), box_dim=9)
+    gt.labels_3d = torch.tensor([0, 8])
+    ds.gt_instances_3d = gt
+    gt2d = InstanceData()
+    gt2d.bboxes = torch.tensor([[40.0, 30.0, 90.0, 70.0]])
+    gt2d.labels = torch.tensor([0])
+    gt2d.centers_2d = torch.tensor([[65.0, 50.0]])
+    gt2d.depths = torch.tensor([8.0])
+    gt2d.view_ids = torch.tensor([0])
+    ds.gt_instances = gt2d
+    return frame
