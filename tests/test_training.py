@@ -15,14 +15,14 @@ ITERS = 8
 
 def data_options(infos):
     root = infos['root'] + '/'
-    return [
-        f'train_dataloader.dataset.data_root={root}',
-        f'train_dataloader.dataset.ann_file={infos["train"]}',
-        f'val_dataloader.dataset.data_root={root}',
-        f'val_dataloader.dataset.ann_file={infos["val"]}',
-        f'val_evaluator.data_root={root}',
-        f'val_evaluator.ann_file={infos["val"]}',
-    ]
+    options = [f'train_dataloader.dataset.data_root={root}',
+               f'train_dataloader.dataset.ann_file={infos["train"]}']
+    for split in ('val', 'test'):  # the config's test_* are copies of its val_*
+        options += [f'{split}_dataloader.dataset.data_root={root}',
+                    f'{split}_dataloader.dataset.ann_file={infos["val"]}',
+                    f'{split}_evaluator.data_root={root}',
+                    f'{split}_evaluator.ann_file={infos["val"]}']
+    return options
 
 
 def tool(*args):
