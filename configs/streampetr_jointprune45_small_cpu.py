@@ -11,22 +11,10 @@ custom_imports = dict(
 ladder = [(96, 256), (80, 224), (64, 192)]
 model = dict(data_preprocessor=dict(pad_size_divisor=16))
 
+# Only what differs from JointPruningHook's defaults (Taylor importance, 32-channel chunks,
+# widths >= 1/4, one block per stage kept, step 0.1, sigma 0.15).
 custom_hooks = [
     dict(type='SaliencyHook', begin=0, end=1),
-    dict(type='JointPruningHook',
-         prune_ratio=0.45,
-         latency=dict(type='flops'),
-         importance='taylor',
-         ladder=ladder,
-         chunk=32,
-         min_width=0.25,
-         min_depth=1,
-         prune_residual=True,
-         search_begin=1,
-         search_end=10,
-         interval=1,
-         pairs=1,
-         step=0.1,
-         sigma=0.15,
-         seed=0),
+    dict(type='JointPruningHook', prune_ratio=0.45, latency=dict(type='flops'), ladder=ladder,
+         prune_residual=True, search_begin=1, search_end=10, interval=1, pairs=1),
 ]

@@ -20,6 +20,10 @@ def _check_key(cfg, full_key: str):
             node = node[int(part)]
         elif isinstance(node, dict) and part in node:
             node = node[part]
+        elif isinstance(node, dict) and 'type' in node and part == full_key.split('.')[-1]:
+            # An argument of a registered class the config leaves at its default: the class
+            # itself rejects, by name, one it does not take.
+            return
         else:
             where = '.'.join(walked) or 'the top level'
             allowed = sorted(node.keys()) if isinstance(node, dict) else []
@@ -30,7 +34,7 @@ def _check_key(cfg, full_key: str):
 
 def load_config(path: str, cfg_options: Optional[dict] = None) -> Config:
     """Read a config file; every override must name a key that exists (a typo would otherwise
-    add a key nobody reads)."""
+    add a key nobody reads), or an argument of a dict with a `type` (the built class checks it)."""
     if not osp.isfile(path):
         raise ConfigError(f'config file {path} does not exist')
     cfg = Config.fromfile(path)

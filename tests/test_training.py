@@ -73,7 +73,7 @@ def test_evaluation_reports_nuscenes_metrics(trained, nusc_infos):
 
 def test_unknown_config_key_is_named(nusc_infos):
     proc = subprocess.run([sys.executable, 'tools/train.py', CONFIG, '--cfg-options',
-                           'model.img_backbone.dept=18'], capture_output=True, text=True)
+                           'default_hooks.loger.interval=1'], capture_output=True, text=True)
     assert proc.returncode != 0
-    assert "'model.img_backbone.dept' does not exist" in proc.stderr
-    assert "'dept' is not a key of model.img_backbone" in proc.stderr
+    assert "'default_hooks.loger.interval' does not exist" in proc.stderr
+    assert "'loger' is not a key of default_hooks" in proc.stderr
