@@ -14,7 +14,7 @@ install: $(STAMP)
 
 $(STAMP): requirements.txt constraints.txt setup.py
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
-	$(PIP) -q "setuptools<81" wheel
+	$(PIP) -q setuptools wheel
 	$(PIP) -q torch==2.13.0 numpy
 	MMCV_WITH_OPS=1 $(PIP) $(FIND_LINKS) --no-build-isolation mmcv==2.1.0
 	$(PIP) -q -r requirements.txt
