@@ -234,6 +234,9 @@ class MDPSolver(BaseSolver):
         solver.config.stream_solver = self.verbose
         solver.config.load_solution = False
         solver.config.mip_gap = self.mip_rel_gap
+        # HiGHS also stops at an absolute gap (1e-6 by default), which on this [0, 1]-scaled
+        # objective would be looser than mip_rel_gap: only the relative gap decides.
+        solver.highs_options = {'mip_abs_gap': 0.0}
         solver.config.warmstart = warm_start
         solver.set_instance(m)  # outside the timed part: the limit covers what is left after it
         solver.config.time_limit = self._remaining()
