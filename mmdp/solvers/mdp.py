@@ -172,8 +172,8 @@ class MDPSolver(BaseSolver):
     Args:
         backend: 'milp' (exact linearisation, HiGHS, proven optimum) or 'mindtpy'.
         time_limit: seconds in all (model building included); past it the best solution found
-            is returned as `feasible` with its gap (see `upper_bound`) and a warning. None: no
-            limit.
+            is returned as `feasible` with its gap (against HiGHS's bound, or the sum of every
+            layer's largest importance while HiGHS has none) and a warning. None: no limit.
         require_optimal: fail (SolverError) instead of returning a solution not proven optimal
             (stopped by `time_limit`); the 'mindtpy' backend never proves optimality.
         mip_rel_gap: relative gap at which HiGHS stops and calls the solution optimal.
