@@ -10,13 +10,14 @@ from mmdp.structure import Structure
 
 
 def group_scores(structure: Structure, values: dict) -> dict:
-    """{group: per-channel score}: the sum of its layers' values, which is the window mean of
-    |sum of s over the group's layers| (each layer's value is its share of that)."""
+    """{group: per-channel score}: |sum of its layers' values|. For `TaylorSaliency.average()`
+    (non-negative, each layer's share of its group's score) that is the window mean of |sum of
+    s over the group's layers|; for one iteration's raw s it is that iteration's score."""
     totals = {}
     for layer in structure.layers:
         v = torch.as_tensor(values[layer.name], dtype=torch.float64)
         totals[layer.group] = totals.get(layer.group, 0) + v
-    return totals
+    return {group: total.abs() for group, total in totals.items()}
 
 
 def channel_order(scores: dict, kept: Optional[dict] = None) -> dict:
