@@ -1,5 +1,7 @@
-"""Taylor saliency: the formula on frozen BN, non-finite iterations left out, the loss scale taken
-off, identical totals on every DDP rank; group scores, channel order and layer values."""
+"""Taylor saliency as the official MDP / HALP code computes it: the formula on frozen BN, |.| every
+iteration, a coupled group's |sum of s| shared among its layers by |s_l|, non-finite iterations
+left out, the loss scale taken off, identical totals on every DDP rank; group scores, channel
+order and layer values; the problem a pruning event builds from them."""
 import copy
 import os
 import socket
@@ -12,7 +14,10 @@ import torch.multiprocessing as mp
 from torch import nn
 
 from mmdp.importance import TaylorSaliency, channel_order, group_scores, layer_values
-from mmdp.structure import derive_structure
+from mmdp.latency import LATENCY_MODELS, LatencyTable, make_meta
+from mmdp.pruning import build_problem
+from mmdp.solvers import ProblemError
+from mmdp.structure import StructureChoice, derive_structure
 
 SHAPE = (2, 3, 32, 32)
 
@@ -55,6 +60,13 @@ def mean_of(dicts: list) -> dict:
     return {k: sum(d[k] for d in dicts) / len(dicts) for k in dicts[0]}
 
 
+def members(structure) -> dict:
+    groups = {}
+    for layer in structure.layers:
+        groups.setdefault(layer.group, []).append(layer.name)
+    return groups
+
+
 def test_saliency_is_the_taylor_term_and_frozen_bn_stays_frozen():
     net = frozen_resnet()
     structure = derive_structure(net, SHAPE)
@@ -76,9 +88,15 @@ def test_saliency_is_the_taylor_term_and_frozen_bn_stays_frozen():
     collector.stop()
     average = collector.average()
     assert collector.count == 3
-    for name, value in mean_of(expected).items():
-        torch.testing.assert_close(average[name], value, rtol=1e-5, atol=1e-9)
-    assert any(float(v.abs().max()) > 0 for v in average.values())
+    # A group's layers add up to the window mean of |sum of s| (a lone layer: of |s|).
+    coupled = 0
+    for group, names in members(structure).items():
+        want = mean_of([{group: sum(e[n] for n in names).abs()} for e in expected])[group]
+        torch.testing.assert_close(sum(average[n] for n in names), want, rtol=1e-5, atol=1e-9)
+        coupled += len(names) > 1
+    assert coupled == 4  # the residual groups of the four stages
+    assert all(float(v.min()) >= 0 for v in average.values())
+    assert any(float(v.max()) > 0 for v in average.values())
     for name, before in frozen.items():
         param = net.get_parameter(name)
         assert torch.equal(param, before) and not param.requires_grad and param.grad is None
@@ -100,8 +118,10 @@ def test_non_finite_iterations_are_left_out_and_the_loss_scale_removed():
     assert not collector.end_iteration()
     collector.stop()
     assert collector.count == 1
-    for name, value in collector.average().items():
-        torch.testing.assert_close(value, expected[name], rtol=1e-5, atol=1e-9)
+    average = collector.average()
+    for names in members(structure).values():
+        torch.testing.assert_close(sum(average[n] for n in names),
+                                   sum(expected[n] for n in names).abs(), rtol=1e-5, atol=1e-9)
     collector.reset()
     with pytest.raises(RuntimeError, match='no finite saliency'):
         collector.average()
@@ -115,40 +135,106 @@ def test_checkpoint_state_round_trips():
     a.count = 4.0
     b.load_state_dict(a.state_dict())
     assert torch.equal(a.sums, b.sums) and b.count == 4.0
+    # The sums of the mean of s (the collector before |.| was taken every iteration).
+    old = {k: v for k, v in a.state_dict().items() if k != 'statistic'}
+    with pytest.raises(ValueError, match='another statistic'):
+        b.load_state_dict(old)
     other = FrozenPair()
     other = TaylorSaliency(other, derive_structure(other, SHAPE))
     with pytest.raises(ValueError, match='other layers'):
         other.load_state_dict(a.state_dict())
 
 
-def test_group_scores_channel_order_and_layer_values():
+RESIDUAL = ['layer3.0.conv2', 'layer3.0.downsample.0', 'layer3.1.conv2']
+LONE = 'layer3.0.conv1'
+
+
+def hand_iterations(collector) -> list:
+    """Two iterations of flat s, zero but for channels 0 and 1 of layer 3's residual group and
+    channel 0 of a lone conv."""
+    iterations = []
+    for conv2, down, conv2b, lone in (([1., -2.], [3., 1.], [0., 0.], 2.),
+                                      ([-1., 2.], [1., 1.], [2., 0.], -2.)):
+        s = torch.zeros_like(collector.sums)
+        for name, values in zip(RESIDUAL, (conv2, down, conv2b)):
+            s[collector.offsets[name]:collector.offsets[name] + 2] = torch.tensor(values)
+        s[collector.offsets[LONE]] = lone
+        iterations.append(s)
+    return iterations
+
+
+def test_values_by_hand():
+    """Per iteration, channel 0 of the residual group scores |1 + 3 + 0| = 4, shared 1 : 3 : 0,
+    then |-1 + 1 + 2| = 2, shared 0.5 : 0.5 : 1; channel 1 scores |-2 + 1| = 1 shared 2/3 : 1/3
+    : 0, then |2 + 1| = 3 shared 2 : 1 : 0. The lone conv: |2| and |-2|. Window means:"""
     net = frozen_resnet()
     structure = derive_structure(net, SHAPE)
-    gen = torch.Generator().manual_seed(0)
-    saliency = {layer.name: torch.randn(layer.out_channels, generator=gen, dtype=torch.float64)
-                for layer in structure.layers}
-    scores = group_scores(structure, saliency)
-    residual = [layer.name for layer in structure.layers if layer.group == 'layer3.residual']
-    assert residual == ['layer3.0.conv2', 'layer3.0.downsample.0', 'layer3.1.conv2']
-    torch.testing.assert_close(scores['layer3.residual'],
-                               sum(saliency[n] for n in residual).abs())
-    torch.testing.assert_close(scores['layer3.0.conv1'], saliency['layer3.0.conv1'].abs())
+    assert members(structure)['layer3.residual'] == RESIDUAL
+    collector = TaylorSaliency(net, structure)
+    for s in hand_iterations(collector):
+        assert collector.add(s)
+    assert collector.count == 2
+    values = collector.average()
+    want = {'layer3.0.conv2': [0.75, 4 / 3], 'layer3.0.downsample.0': [1.75, 2 / 3],
+            'layer3.1.conv2': [0.5, 0.0]}
+    for name, pair in want.items():
+        np.testing.assert_allclose(values[name][:2].numpy(), pair, rtol=1e-12)
+        assert not values[name][2:].any()
+    assert values[LONE][0] == 2.0  # the mean of s then |.| would give 0
+    assert not values[LONE][1:].any()
+    assert not any(values[n].any() for n in values if n not in RESIDUAL + [LONE])
 
-    group = 'layer3.residual'
-    kept = [0, 5, 7, 9, 20, 31]
-    order = channel_order(scores, {group: kept})
-    first = order[group][:len(kept)]
-    assert sorted(first) == kept
-    assert list(scores[group][first]) == sorted(scores[group][kept].tolist(), reverse=True)
-    rest = order[group][len(kept):]
-    assert list(scores[group][rest]) == sorted(scores[group][rest].tolist(), reverse=True)
-    unconstrained = channel_order(scores)['layer3.0.conv1']
-    assert unconstrained == np.argsort(-scores['layer3.0.conv1'].numpy(), kind='stable').tolist()
+    scores = group_scores(structure, values)
+    np.testing.assert_allclose(scores['layer3.residual'][:2].numpy(), [3.0, 2.0], rtol=1e-12)
+    order = channel_order(scores)
+    assert order['layer3.residual'][:3] == [0, 1, 2]  # then the zero channels in index order
+    importance = layer_values(structure, values, order)
+    assert importance('layer3.0.downsample.0', [0, 1, 2, 32]) == pytest.approx(
+        [0.0, 1.75, 1.75 + 2 / 3, 1.75 + 2 / 3], rel=1e-12)
 
-    importance = layer_values(structure, saliency, order)
-    s = saliency['layer3.1.conv2'].abs()
-    assert importance('layer3.1.conv2', [0, 6, 32]) == pytest.approx(
-        [0.0, float(s[first].sum()), float(s.sum())])
+
+def test_channel_order_keeps_current_channels_first():
+    scores = {'g': torch.tensor([5.0, 1.0, 4.0, 3.0, 2.0, 0.5], dtype=torch.float64)}
+    assert channel_order(scores)['g'] == [0, 2, 3, 4, 1, 5]
+    # Channels 1, 3 and 5 are still kept: they come first, each part by descending score.
+    assert channel_order(scores, {'g': [1, 3, 5]})['g'] == [3, 1, 5, 0, 2, 4]
+
+
+def hand_table(structure) -> LatencyTable:
+    """A latency table with made-up conv timings (no profiling needed)."""
+    meta = make_meta('cpu', 'fp32', SHAPE, 4, 'eager', repeats=1, warmup=0)
+    table = LatencyTable.new(structure, meta)
+    for layer in structure.layers:
+        ins = table.widths[layer.input_group] if layer.input_group else [layer.in_channels]
+        rows = [[1e-4 * o * i + 1e-3 for i in ins] for o in table.widths[layer.group]]
+        table.tables[layer.name] = rows if layer.input_group else [r[0] for r in rows]
+    table.dense_ms = 1.0
+    return table
+
+
+def test_event_problem_keeps_the_stem_whole_and_refuses_negative_values():
+    """The problem of a pruning event (the PruningHook's path): the stem's group has its full
+    width only (in a BasicBlock ResNet the stem's output is added to stage 1's: one group); a
+    negative value is refused by the problem validation, naming layer and value."""
+    net = frozen_resnet()
+    structure = derive_structure(net, SHAPE)
+    assert structure.fixed_groups == ['layer1.residual']
+    model = LATENCY_MODELS.build(dict(type='lut_bilinear', table=hand_table(structure),
+                                      fitted=False))
+    collector = TaylorSaliency(net, structure)
+    for s in hand_iterations(collector):
+        collector.add(s)
+    values = collector.average()
+    problem, order = build_problem(model, structure, values, StructureChoice(), 0.5, 4)
+    assert problem.groups['layer1.residual'] == [8]
+    assert problem.groups['layer1.0.conv1'] == [4, 8]
+    assert problem.groups['layer3.residual'] == list(range(4, 33, 4))
+    assert order['layer3.residual'][:2] == [0, 1]
+    values['layer3.1.conv2'] = values['layer3.1.conv2'].clone()
+    values['layer3.1.conv2'][0] = -0.5
+    with pytest.raises(ProblemError, match=r"layer 'layer3.1.conv2': importance must not be "
+                       r"negative, found -0.5 at width 4 of group 'layer3.residual'"):
+        build_problem(model, structure, values, StructureChoice(), 0.5, 4)
 
 
 class FrozenPair(nn.Sequential):
@@ -200,15 +286,20 @@ def _collect_on_rank(rank: int, world: int, port: int, out: str) -> None:
 
 
 def test_ranks_hold_identical_totals_without_non_finite_iterations(tmp_path):
+    """s is averaged over the ranks before |.| (the s of DDP's averaged gradient); the iteration
+    that overflowed on rank 1 is left out on both."""
     mp.spawn(_collect_on_rank, args=(2, _free_port(), str(tmp_path)), nprocs=2)
     ranks = [torch.load(tmp_path / f'rank{r}.pt') for r in range(2)]
     assert torch.equal(ranks[0]['sums'], ranks[1]['sums'])
-    assert ranks[0]['count'] == ranks[1]['count'] == 5
+    assert ranks[0]['count'] == ranks[1]['count'] == 2
     net = FrozenPair()
     structure = derive_structure(net, SHAPE)
-    expected = mean_of([taylor_by_hand(net, structure, _inputs(r, it))
-                        for r in range(2) for it in range(3) if (r, it) != OVERFLOW])
+    expected = mean_of([
+        {k: v.abs() for k, v in mean_of([taylor_by_hand(net, structure, _inputs(r, it))
+                                         for r in range(2)]).items()}
+        for it in range(3) if it != OVERFLOW[1]])
     collector = TaylorSaliency(net, structure)
-    collector.load_state_dict({**ranks[0], 'layers': collector.sizes})
+    collector.load_state_dict({**ranks[0], 'layers': collector.sizes,
+                               'statistic': collector.state_dict()['statistic']})
     for name, value in collector.average().items():
         torch.testing.assert_close(value, expected[name], rtol=1e-5, atol=1e-9)

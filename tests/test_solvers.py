@@ -1,8 +1,11 @@
 """Tests of the pruning solvers (mmdp.solvers) and tools/solve.py."""
+import contextlib
 import copy
 import importlib.util
 import itertools
 import json
+import logging
+import math
 import os
 import subprocess
 import sys
@@ -11,8 +14,11 @@ import numpy as np
 import pyomo.environ as pyo
 import pytest
 
+from mmengine.logging import MMLogger
+
 from mmdp.solvers import (SOLVERS, Problem, ProblemError, Solution, SolverError, build_solver,
                           solve)
+from mmdp.solvers import exhaustive
 from mmdp.solvers.base import ChoiceSpace
 from mmdp.solvers.halp import exact_mckp, greedy_augmented
 from mmdp.solvers.mdp import build_model
@@ -36,13 +42,34 @@ def check_recomputed(problem, solution):
         assert not problem.fits(solution.latency)
 
 
+def optima(problem, removable=None) -> list:
+    """Every (widths, removed blocks) of the largest objective within the budget, by brute
+    force: a test that asserts a choice checks first that it is the only right one. A group no
+    kept layer reads or writes has no bearing on the answer: its width shows as None."""
+    blocks = problem.blocks if removable is None else removable
+    found = []
+    for widths in itertools.product(*problem.groups.values()):
+        for n in range(len(blocks) + 1):
+            for removed in itertools.combinations(blocks, n):
+                objective, latency = problem.evaluate(dict(zip(problem.groups, widths)),
+                                                      removed)
+                kept = {g for layer in problem.layers if layer.block not in removed
+                        for g in (layer.group, layer.input_group)}
+                choice = {g: w if g in kept else None for g, w in zip(problem.groups, widths)}
+                if problem.fits(latency) and (choice, sorted(removed)) not in [
+                        (c, r) for _, c, r in found]:
+                    found.append((objective, choice, sorted(removed)))
+    best = max(o for o, _, _ in found)
+    return [(c, r) for o, c, r in found if close(o, best, 1e-9)]
+
+
 def small_problem():
     """Two groups, a coupled layer in removable block 'b', a fixed-input stem."""
     return dict(
         version=1, budget=10.0,
         groups={'a': {'widths': [1, 2]}, 'c': {'widths': [2, 4, 6]}},
         layers=[
-            dict(name='stem', group='a', input_group=None, block=None, importance=[1.0, 3.0],
+            dict(name='stem', group='a', input_group=None, block=None, importance=[1.0, 3.5],
                  latency=[1.0, 2.0]),
             dict(name='conv', group='c', input_group='a', block='b', importance=[2.0, 5.0, 6.0],
                  latency=[[1.0, 2.0], [2.0, 4.0], [3.0, 6.0]]),
@@ -92,12 +119,15 @@ def test_mdp_options_match_exhaustive():
 
 def test_removed_block_drops_value_and_latency():
     problem = Problem.from_dict(small_problem())
-    assert problem.evaluate({'a': 2, 'c': 6}) == (9.0, 8.0)
-    assert problem.evaluate({'a': 2, 'c': 6}, ['b']) == (3.0, 2.0)
-    # Budget 2.5: only removing 'b' fits (stem at width 2 costs 2).
-    answer = solve(problem.with_budget(2.5), 'mdp')
+    assert problem.evaluate({'a': 2, 'c': 6}) == (9.5, 8.0)
+    assert problem.evaluate({'a': 2, 'c': 6}, ['b']) == (3.5, 2.0)
+    # Budget 2.5: a=2 with 'b' removed (value 3.5, latency 2) beats keeping 'b' at a=1, c=2
+    # (value 1 + 2 = 3, latency 1 + 1); every other choice is over the budget or worth less.
+    tight = problem.with_budget(2.5)
+    assert optima(tight) == [({'a': 2, 'c': None}, ['b'])]
+    answer = solve(tight, 'mdp')
     assert answer.status == 'optimal' and answer.removed_blocks == ['b']
-    assert answer.widths['a'] == 2 and answer.objective == 3.0
+    assert answer.widths['a'] == 2 and answer.objective == 3.5
     # Without block removal the smallest latency is 1 + 1 = 2 > 1.5.
     answer = solve(problem.with_budget(1.5), 'mdp', removable_blocks=[])
     assert answer.status == 'infeasible' and answer.latency == 2.0
@@ -138,14 +168,42 @@ def test_mindtpy_backend():
     check_recomputed(problem.with_budget(6.0), answer)
 
 
-def test_mdp_time_limit_returns_best_solution_with_gap():
+@contextlib.contextmanager
+def warnings_logged():
+    """The WARNING records of mmengine's current logger while the block runs."""
+    records = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = records.append
+    logger = MMLogger.get_current_instance()
+    logger.addHandler(handler)
+    try:
+        yield records
+    finally:
+        logger.removeHandler(handler)
+
+
+def test_mdp_time_limit_reports_the_gap_warns_and_may_be_refused():
+    """A ResNet-34 problem (16-channel chunks) under a 10 ms limit: building the model alone
+    takes longer, so HiGHS is stopped at once. The answer is not proven optimal; its gap is
+    finite and positive, is logged as a warning, and bounds the true optimum."""
     problem = resnet_problem(34, 16)
-    answer = solve(problem, 'mdp', time_limit=3.0)
-    assert answer.status in ('optimal', 'feasible')
+    with warnings_logged() as records:
+        answer = solve(problem, 'mdp', time_limit=0.01)
+    assert answer.status == 'feasible'
     check_recomputed(problem, answer)
-    assert answer.gap is not None and answer.gap >= 0
-    if answer.status == 'feasible':
-        assert answer.gap > 1e-6
+    assert 0 < answer.gap < math.inf
+    messages = [r.getMessage() for r in records]
+    assert any('stopped by the time limit (0.01 s)' in m and f'gap {answer.gap:.2%}' in m
+               for m in messages), messages
+    best = solve(problem, 'mdp', **EXACT)
+    assert best.status == 'optimal' and best.gap <= 1e-6
+    assert answer.objective <= best.objective + 1e-9
+    assert best.objective <= answer.objective * (1 + answer.gap) * (1 + 1e-9)
+    with pytest.raises(SolverError, match=r'before proving the optimum.*gap .*%; '
+                       r'require_optimal=True'):
+        solve(problem, 'mdp', time_limit=0.01, require_optimal=True)
+    with pytest.raises(ValueError, match='require_optimal=True needs backend'):
+        build_solver('mdp', backend='mindtpy', require_optimal=True)
 
 
 # ---------------------------------------------------------------- HALP
@@ -190,8 +248,8 @@ def test_halp_exact_matches_frozen_input_brute_force():
 
 
 def test_halp_greedy_never_better_than_exact_and_both_fit():
+    """(That the prefix rule can cost value is shown on a hand-made instance below.)"""
     rng = np.random.default_rng(13)
-    worse = 0
     for _ in range(60):
         problem = random_problem(rng, max_blocks=0, monotone=rng.random() < 0.5)
         exact = solve(problem, 'halp')
@@ -202,8 +260,36 @@ def test_halp_greedy_never_better_than_exact_and_both_fit():
         if greedy.status != 'infeasible':
             assert exact.status != 'infeasible'
             assert greedy.objective <= exact.objective + 1e-9
-            worse += greedy.objective < exact.objective - 1e-9
-    assert worse > 0  # the prefix rule does cost something on random problems
+
+
+def test_greedy_takes_a_negative_chunk_cost_as_published():
+    """Family A's second chunk costs -2 (width 3 is cheaper than width 2): 3 then -2 puts A at
+    width 3 for 1 unit, worth 5. Capacity 2 and B's chunk (cost 2, worth 3) do not all fit
+    (1 + 2 > 2), so the DP runs, its table reaching 2 units past the capacity for the state
+    that A's first chunk (cost 3) takes there. Published answer: A at width 3, B at 1 (5);
+    clamping the cost at 0 (the running maximum) would make A's first chunk unaffordable and
+    keep B instead (3)."""
+    values = [np.array([0.0, 4.0, 5.0]), np.array([0.0, 3.0])]
+    costs = [np.array([0, 3, 1]), np.array([0, 2])]
+    assert greedy_augmented(values, costs, 2) == [2, 0]
+    assert exact_mckp(values, costs, 2) == [2, 0]  # the only choice worth 5 within 2 units
+    # Every chunk fits (3 - 2 = 1 <= 2): all are kept, as the published shortcut does.
+    assert greedy_augmented(values[:1], costs[:1], 2) == [2]
+
+
+def test_greedy_keeps_a_free_chunk_that_adds_nothing():
+    """A zero-cost chunk of zero value is taken, as the published DP does (value ties are taken
+    only at zero cost): A ends at width 2, not 1."""
+    values = [np.array([0.0, 5.0, 5.0]), np.array([0.0, 2.0])]
+    costs = [np.array([0, 1, 1]), np.array([0, 5])]
+    assert greedy_augmented(values, costs, 1) == [2, 0]
+
+
+def test_greedy_refuses_a_table_past_max_states():
+    values = [np.array([0.0, 4.0, 5.0]), np.array([0.0, 3.0])]
+    costs = [np.array([0, 3, 1]), np.array([0, 2])]
+    with pytest.raises(SolverError, match='needs 5 states .*more than max_bins=4'):
+        greedy_augmented(values, costs, 2, max_states=4)
 
 
 def test_greedy_prefix_rule_misses_the_optimum():
@@ -244,6 +330,42 @@ def test_halp_current_widths_and_steps():
 def test_exhaustive_refuses_large_problems():
     with pytest.raises(SolverError, match='max_combinations=1000'):
         solve(resnet_problem(18, 32), 'exhaustive', max_combinations=1000)
+
+
+def test_exhaustive_enumerates_more_than_32_groups():
+    """37 groups of one width and 3 of two (numpy's meshgrid stops at 32 arrays). Budget 79 of
+    80 shrinks exactly one of the three: the one whose wider width gains least, g38."""
+    gains = {'g37': 2.5, 'g38': 2.2, 'g39': 2.9}
+    groups = {f'g{i}': {'widths': [2]} for i in range(37)}
+    groups.update({g: {'widths': [1, 2]} for g in gains})
+    layers = [dict(name=f'l{i}', group=f'g{i}', input_group=None, block=None,
+                   importance=[2.0], latency=[2.0]) for i in range(37)]
+    layers += [dict(name=f'l_{g}', group=g, input_group=None, block=None,
+                    importance=[1.0, v], latency=[1.0, 2.0]) for g, v in gains.items()]
+    problem = Problem.from_dict(dict(version=1, budget=79.0, groups=groups, layers=layers,
+                                     blocks=[]))
+    answer = solve(problem, 'exhaustive')
+    assert answer.status == 'optimal'
+    assert {g: answer.widths[g] for g in gains} == {'g37': 2, 'g38': 1, 'g39': 2}
+    assert answer.objective == pytest.approx(37 * 2.0 + 2.5 + 1.0 + 2.9)
+
+
+def test_exhaustive_mixed_radix_slices():
+    assert exhaustive.width_combinations([2, 3], 1, 5).tolist() == [[0, 1], [0, 2], [1, 0],
+                                                                    [1, 1]]
+
+
+def test_exhaustive_answer_does_not_depend_on_its_slices(monkeypatch):
+    """The answer is the first best in enumeration order (ties included), however the
+    combinations are sliced."""
+    rng = np.random.default_rng(5)
+    problems = [random_problem(rng) for _ in range(20)]
+    whole = [solve(p, 'exhaustive') for p in problems]
+    monkeypatch.setattr(exhaustive, 'CHUNK', 1)
+    for problem, reference in zip(problems, whole):
+        answer = solve(problem, 'exhaustive')
+        assert (answer.status, answer.widths, answer.removed_blocks) == (
+            reference.status, reference.widths, reference.removed_blocks)
 
 
 def test_registry():
@@ -319,6 +441,13 @@ MALFORMED = [
     (lambda d: d['layers'][1].pop('block'), "layer 'conv': missing key 'block'"),
     (lambda d: d['layers'][1].update(name='stem'), 'layer names must be unique'),
     (lambda d: d.update(blocks=['b', 'ghost']), "block 'ghost' is listed in 'blocks'"),
+    (lambda d: d['layers'][1]['importance'].__setitem__(1, -1.0),
+     "layer 'conv': importance must not be negative, found -1 at width 4 of group 'c'"),
+    (lambda d: d['layers'][1]['latency'][0].__setitem__(1, -2.0),
+     "layer 'conv': latency must not be negative, found -2 at width 2 of group 'c', input "
+     "width 2 of group 'a'"),
+    (lambda d: d['layers'][0]['latency'].__setitem__(0, -0.5),
+     "layer 'stem': latency must not be negative, found -0.5 at width 1 of group 'a'"),
 ]
 
 
@@ -383,4 +512,11 @@ def test_solve_tool_rejects_bad_input(tmp_path):
     Problem.from_dict(small_problem()).save(tmp_path / 'p.json')
     assert main([str(tmp_path / 'p.json'), '--solver', 'halp', '--time-limit', '3',
                  '--out', out]) == 2
+    (tmp_path / 'negative.json').write_text(json.dumps(
+        _broken(lambda d: d['layers'][1]['importance'].__setitem__(0, -3.0))))
+    assert main([str(tmp_path / 'negative.json'), '--out', out]) == 2
+    # Stopped by its time limit with require_optimal: the solver fails (exit 3).
+    resnet_problem(34, 16).save(tmp_path / 'r34.json')
+    assert main([str(tmp_path / 'r34.json'), '--time-limit', '0.01', '--options',
+                 'require_optimal=True', '--out', out]) == 3
     assert not os.path.exists(out)

@@ -61,6 +61,7 @@ def test_resnet_counts_and_coupling(depth):
     assert stem.input_group is None and stem.block is None and stem.bn == 'bn1'
     # A BasicBlock stage 1 adds the stem's output to its blocks' outputs: one group.
     assert stem.group == ('conv1' if bottleneck else 'layer1.residual')
+    assert s.fixed_groups == [stem.group]  # the stem keeps its full width
     assert s.outputs == ['layer3.residual', 'layer4.residual']
     assert s.groups['layer4.residual'] == (2048 if bottleneck else 512)
 

@@ -52,8 +52,8 @@ class SaliencyHook(Hook):
         if not self._collecting(runner):
             return
         if not self.collector.end_iteration():
-            runner.logger.warning(f'saliency of iteration {runner.iter} is not finite on this '
-                                  'rank: left out of the average')
+            runner.logger.warning(f'saliency of iteration {runner.iter} is not finite (on this '
+                                  'rank or another): left out of the average')
         if runner.iter + 1 >= self.end:
             self.collector.stop()
 

@@ -1,5 +1,6 @@
-"""From per-layer channel saliency to what a solver reads: group scores, the order in which a
-group's channels are kept, and each layer's value at each width of its group."""
+"""From per-layer channel values (`TaylorSaliency.average()`) to what a solver reads: group
+scores, the order in which a group's channels are kept, and each layer's value at each width of
+its group."""
 from typing import Callable, Optional
 
 import numpy as np
@@ -8,13 +9,14 @@ import torch
 from mmdp.structure import Structure
 
 
-def group_scores(structure: Structure, saliency: dict) -> dict:
-    """{group: |sum of s over the group's layers| per channel}: coupled layers (a residual
-    stage) add their saliency before the magnitude is taken."""
+def group_scores(structure: Structure, values: dict) -> dict:
+    """{group: per-channel score}: |sum of its layers' values|. For `TaylorSaliency.average()`
+    (non-negative, each layer's share of its group's score) that is the window mean of |sum of
+    s over the group's layers|; for one iteration's raw s it is that iteration's score."""
     totals = {}
     for layer in structure.layers:
-        s = torch.as_tensor(saliency[layer.name], dtype=torch.float64)
-        totals[layer.group] = totals.get(layer.group, 0) + s
+        v = torch.as_tensor(values[layer.name], dtype=torch.float64)
+        totals[layer.group] = totals.get(layer.group, 0) + v
     return {group: total.abs() for group, total in totals.items()}
 
 
@@ -33,14 +35,14 @@ def channel_order(scores: dict, kept: Optional[dict] = None) -> dict:
     return order
 
 
-def layer_values(structure: Structure, saliency: dict, order: dict) -> Callable:
+def layer_values(structure: Structure, values: dict, order: dict) -> Callable:
     """`importance(layer_name, widths)` for `TableLatencyModel.to_problem`: the value of a
-    layer keeping the first `w` channels of its group's order is the sum of their |s| in that
-    layer."""
+    layer keeping the first `w` channels of its group's order is the sum of their values in
+    that layer."""
     prefix = {}
     for layer in structure.layers:
-        s = torch.as_tensor(saliency[layer.name], dtype=torch.float64).abs().numpy()
-        prefix[layer.name] = np.concatenate([[0.0], np.cumsum(s[order[layer.group]])])
+        v = torch.as_tensor(values[layer.name], dtype=torch.float64).numpy()
+        prefix[layer.name] = np.concatenate([[0.0], np.cumsum(v[order[layer.group]])])
 
     def importance(layer_name: str, widths) -> list:
         return [float(prefix[layer_name][w]) for w in widths]

@@ -1,17 +1,30 @@
-"""First-order Taylor saliency of every prunable channel, read on the BN after its conv:
-s = gamma * dL/dgamma + beta * dL/dbeta per channel, averaged over the iterations collected.
+"""First-order Taylor saliency of every prunable channel, read on the BN after its conv, as the
+official MDP and HALP code compute it.
+
+Per iteration and channel, s = gamma * dL/dgamma + beta * dL/dbeta on each layer's BN. A
+channel group's score that iteration is |sum of s over the group's layers| (layers coupled by a
+residual add are pruned together, so their terms add before the magnitude is taken); each layer
+gets the share |s_l| / sum_l |s_l| of it (zero where every |s_l| is zero), so that the layers'
+values add up to the group's. A lone layer's value is |s|. The window's value of a layer is the
+mean of these per-iteration values (NVlabs/MDP prune/pruning.py, update_neuron_metric_mdp;
+NVlabs/HALP prune/importance.py, which keeps the group score only).
 
 The gradients are read while backward runs (tensor hooks on gamma and beta), because MMEngine's
 OptimWrapper does backward, step and zero_grad inside one `train_step`: nothing is left to read
-after it. An iteration whose saliency is not finite (a mixed-precision overflow) is left out;
-with a loss scaler the gradients are divided by its scale. Each iteration's sum and count are
-all-reduced, so every rank holds the same totals and a checkpoint written by rank 0 is complete.
+after it. With a loss scaler the gradients are divided by its scale. Under DDP each rank reads
+its local gradients; s is averaged over the ranks before the magnitudes are taken, which is the
+s of the averaged gradient the official code reads after DDP's all-reduce. An iteration whose s
+is not finite on some rank (a mixed-precision overflow) is left out on every rank, so every
+rank holds the same totals and a checkpoint written by rank 0 is complete.
 """
 import torch
 from mmengine import dist
 from torch import nn
 
 from mmdp.structure import Structure
+
+# What `sums` accumulates; a checkpoint holding another statistic is refused.
+STATISTIC = 'mean of per-iteration |sum_l s| shared by |s_l|'
 
 
 def _drop_grad(param: torch.Tensor) -> None:
@@ -22,7 +35,8 @@ class TaylorSaliency:
     """Collects the saliency of the output channels of `structure`'s layers in `model`.
 
     Use: `start()`, then per iteration `begin_iteration(loss_scale)` before the forward and
-    `end_iteration()` after the backward; `average()` gives {layer name: (channels,) float64}.
+    `end_iteration()` after the backward; `average()` gives {layer name: (channels,) float64},
+    the window mean of each layer's share of its group's score (see the module doc).
     """
 
     def __init__(self, model: nn.Module, structure: Structure):
@@ -31,8 +45,15 @@ class TaylorSaliency:
         self.offsets = dict(zip(self.bns, torch.tensor([0] + sizes).cumsum(0).tolist()))
         self.sizes = dict(zip(self.bns, sizes))
         device = next(iter(self.bns.values())).weight.device
+        # Per group, the positions of its layers' channels in the flat buffer: (layers, C).
+        members = {}
+        for layer in structure.layers:
+            members.setdefault(layer.group, []).append(layer.name)
+        self._groups = [torch.stack([torch.arange(self.offsets[n], self.offsets[n] + self.sizes[n],
+                                                  device=device) for n in names])
+                        for names in members.values()]
         self.sums = torch.zeros(sum(sizes), dtype=torch.float64, device=device)
-        self.count = 0.0  # finite (rank, iteration) contributions in `sums`
+        self.count = 0.0  # iterations in `sums`
         self._buffer = torch.zeros(sum(sizes), dtype=torch.float32, device=device)
         self._scale = None
         self._handles = []
@@ -80,22 +101,40 @@ class TaylorSaliency:
         self._scale = float(loss_scale)
 
     def end_iteration(self) -> bool:
-        """Add this iteration to the totals (all ranks' finite contributions); returns whether
-        this rank's saliency was finite."""
+        """Add this iteration to the totals (see `add`); returns whether it was added."""
         if self._scale is None:
             raise RuntimeError('end_iteration() without begin_iteration()')
-        saliency = self._buffer.double() / self._scale
-        finite = bool(torch.isfinite(saliency).all())
-        packed = torch.cat([saliency if finite else torch.zeros_like(saliency),
-                            saliency.new_tensor([float(finite)])])
+        scale, self._scale = self._scale, None
+        return self.add(self._buffer.double() / scale)
+
+    def add(self, s: torch.Tensor) -> bool:
+        """Add one iteration's s (this rank's, flat in layer order, as `state_dict` lays out
+        `sums`): averaged over the ranks, turned into per-layer values, summed into the totals.
+        Every rank must call it; returns False, adding nothing, when s is not finite on this
+        rank or another."""
+        s = s.to(self.sums)
+        finite = bool(torch.isfinite(s).all())
+        packed = torch.cat([s if finite else torch.zeros_like(s), s.new_tensor([float(not finite)])])
         dist.all_reduce(packed)
-        self.sums += packed[:-1]
-        self.count += float(packed[-1])
-        self._scale = None
-        return finite
+        if packed[-1] > 0:
+            return False
+        self.sums += self.values(packed[:-1] / dist.get_world_size())
+        self.count += 1
+        return True
+
+    def values(self, s: torch.Tensor) -> torch.Tensor:
+        """One iteration's per-layer values from its flat s (see the module doc)."""
+        out = torch.zeros_like(s)
+        for index in self._groups:
+            terms = s[index]  # (layers, C)
+            magnitude = terms.abs()
+            # Where every |s_l| is zero the share is 0 / tiny = 0.
+            share = magnitude / magnitude.sum(0).clamp_min(torch.finfo(s.dtype).tiny)
+            out[index] = terms.sum(0).abs() * share
+        return out
 
     def average(self) -> dict:
-        """{layer name: mean saliency per output channel (float64, CPU)}."""
+        """{layer name: window mean of its per-iteration values (float64, CPU)}."""
         if self.count == 0:
             raise RuntimeError('no finite saliency was collected: the window held no iteration, '
                                'or every one overflowed')
@@ -108,11 +147,17 @@ class TaylorSaliency:
         self.count = 0.0
 
     def state_dict(self) -> dict:
-        return {'layers': dict(self.sizes), 'sums': self.sums.cpu(), 'count': self.count}
+        return {'layers': dict(self.sizes), 'statistic': STATISTIC, 'sums': self.sums.cpu(),
+                'count': self.count}
 
     def load_state_dict(self, state: dict) -> None:
         if dict(state['layers']) != self.sizes:
             raise ValueError('saliency state of a checkpoint was collected on other layers than '
                              "this model's prunable ones")
+        if state.get('statistic') != STATISTIC:
+            raise ValueError('saliency state of a checkpoint holds sums of another statistic '
+                             f"({state.get('statistic') or 'the mean of s, before |.|'}), not "
+                             f'the {STATISTIC}: resume from a checkpoint taken before the '
+                             'saliency window, or collect the window again')
         self.sums.copy_(state['sums'].to(self.sums))
         self.count = float(state['count'])

@@ -66,7 +66,8 @@ class TableLatencyModel:
 
         `importance(layer_name, widths)` gives a layer's value per width (zeros when None);
         the budget is `budget` or `budget_ratio` times the dense latency; widths go in steps of
-        `chunk` channels (default: the table's step). `structure`, when given, must be the one
+        `chunk` channels (default: the table's step), except that the stem's group
+        (`Structure.fixed_groups`) keeps its full width. `structure`, when given, must be the one
         the tables were made for.
         """
         if structure is not None:
@@ -77,7 +78,8 @@ class TableLatencyModel:
             raise ValueError(f'budget_ratio must lie in (0, 1], found {budget_ratio}')
         chunk = chunk or self.table.meta['step']
         st = self.structure
-        widths = {g: width_grid(full, chunk) for g, full in st.groups.items()}
+        widths = {g: [full] if g in st.fixed_groups else width_grid(full, chunk)
+                  for g, full in st.groups.items()}
         layers = []
         for layer in st.layers:
             out = widths[layer.group]

@@ -7,8 +7,9 @@ from mmdp.structure import Structure, StructureChoice
 
 def build_problem(latency_model, structure: Structure, saliency: dict,
                   current: StructureChoice, budget: float, chunk: int) -> tuple:
-    """(Problem, {group: channel order}) for `saliency` ({layer: per-channel s}) under
-    `budget` (ms); channels still kept by `current` rank ahead of pruned ones."""
+    """(Problem, {group: channel order}) for `saliency` ({layer: per-channel value},
+    `TaylorSaliency.average()`) under `budget` (ms); channels still kept by `current` rank
+    ahead of pruned ones."""
     order = channel_order(group_scores(structure, saliency),
                           {g: current.kept(structure, g) for g in structure.groups})
     problem = latency_model.to_problem(structure, layer_values(structure, saliency, order),

@@ -18,9 +18,10 @@ missed.
 Methods:
 - `exact`: multiple-choice knapsack DP (one width per group), optimal for the integer costs.
 - `greedy`: the published augmented 0/1 knapsack over chunks with the prefix rule (a chunk
-  may be kept only when the best state it extends keeps all cheaper chunks of its group). Its
-  chunk costs are the increments of the running maximum of the integer costs, never below
-  them, so every greedy answer is also an answer of `exact`: greedy is never better.
+  may be kept only when the best state it extends keeps all more important chunks of its
+  group), negative chunk costs included as the published `_knapsack` treats them. Its answers
+  fit the same integer capacity, so every greedy answer is also an answer of `exact`: greedy is
+  never better.
 """
 import math
 from typing import Optional
@@ -76,39 +77,54 @@ def exact_mckp(values: list, costs: list, capacity: int) -> Optional[list]:
     return choice[::-1]
 
 
-def greedy_augmented(values: list, costs: list, capacity: int) -> Optional[list]:
-    """The published augmented knapsack DP over chunks with the prefix rule.
+def greedy_augmented(values: list, costs: list, capacity: int,
+                     max_states: Optional[int] = None) -> Optional[list]:
+    """The published augmented knapsack DP over chunks with the prefix rule (HALP's
+    `_knapsack`, with the first chunk of every family kept).
 
     Family f's chunk n (n >= 1) is worth values[f][n] - values[f][n - 1] and costs
-    cum[n] - cum[n - 1] with cum the running maximum of costs[f]; position 0 is always kept.
-    One state per capacity: a chunk extends the state at c - cost only if that state keeps
-    exactly the n - 1 chunks before it. After family f, the state at c is the state at
-    c - cum[n] after family f - 1 plus n chunks, which is what the walk back relies on.
+    costs[f][n] - costs[f][n - 1], which is negative where a wider choice is cheaper (a measured
+    table is not monotone); position 0 is always kept. As in the published DP: when every chunk
+    fits, all are kept; the state table reaches past the capacity by the sum of the negative
+    costs, so that a state over it may come back under it through a later negative chunk; a
+    chunk is taken where it raises the value, or keeps it with zero cost. One state per
+    capacity: a chunk extends the state at c - cost only if that state keeps exactly the n - 1
+    chunks before it. After family f, the state at c is the state at c - (costs[f][n] -
+    costs[f][0]) after family f - 1 plus n chunks, which is what the walk back relies on.
+    `max_states`: refuse (SolverError) a table longer than this.
     """
-    cums = [np.maximum.accumulate(w) for w in costs]
-    capacity -= sum(int(cum[0]) for cum in cums)
+    capacity -= sum(int(w[0]) for w in costs)
     if capacity < 0:
         return None
-    best = np.zeros(capacity + 1)
+    gains = [np.diff(np.asarray(v, dtype=float)) for v in values]
+    steps = [np.diff(np.asarray(w, dtype=np.int64)) for w in costs]
+    if capacity >= sum(int(s.sum()) for s in steps):
+        return [len(v) - 1 for v in values]
+    top = capacity + sum(int(-s[s < 0].sum()) for s in steps)
+    if max_states is not None and top + 1 > max_states:
+        raise SolverError(f'halp: the greedy table needs {top + 1} states (capacity {capacity} '
+                          f'plus {top - capacity} for negative chunk costs), more than '
+                          f'max_bins={max_states}; raise resolution or use method=\'exact\'')
+    best = np.zeros(top + 1)
     counts = []
-    for v, cum in zip(values, cums):
-        count = np.zeros(capacity + 1, dtype=np.int32)
-        for n in range(1, len(v)):
-            w = int(cum[n] - cum[n - 1])
-            if w > capacity:
-                break
-            cand = best[:capacity + 1 - w] + (v[n] - v[n - 1])
-            extend = (count[:capacity + 1 - w] == n - 1) & (cand > best[w:])
-            # Reads use the pre-chunk state (right-hand sides are evaluated first), as the
-            # in-place 0/1 knapsack that walks capacities downwards does.
-            best[w:] = np.where(extend, cand, best[w:])
-            count[w:] = np.where(extend, n, count[w:])
+    for gain, step in zip(gains, steps):
+        count = np.zeros(top + 1, dtype=np.int32)
+        for n, (dv, w) in enumerate(zip(gain, step.tolist()), start=1):
+            lo, hi = max(w, 0), top + min(w, 0)  # states c whose source c - w is in the table
+            if lo > hi:
+                break  # taken nowhere, so no later chunk of the family can be either
+            src, dst = slice(lo - w, hi - w + 1), slice(lo, hi + 1)
+            cand, old = best[src] + dv, best[dst]
+            extend = (count[src] == n - 1) & ((cand > old) | ((cand == old) & (w == 0)))
+            # Both sides read the pre-chunk state, as the published two-row table does.
+            best[dst] = np.where(extend, cand, old)
+            count[dst] = np.where(extend, n, count[dst])
         counts.append(count)
     choice, c = [], capacity
-    for cum, count in zip(reversed(cums), reversed(counts)):
+    for step, count in zip(reversed(steps), reversed(counts)):
         n = int(count[c])
         choice.append(n)
-        c -= int(cum[n] - cum[0])
+        c -= int(step[:n].sum())
     return choice[::-1]
 
 
@@ -188,10 +204,13 @@ class HALPSolver(BaseSolver):
             raise SolverError(f'halp: resolution {resolution:g} cuts the budget into {capacity} '
                               f'units, more than max_bins={self.max_bins}; raise resolution')
         # Round the costs above each group's cheapest width UP: the integer answer truly fits.
-        units = [np.minimum(np.ceil((costs[g] - costs[g].min()) / resolution), capacity + 1)
-                 .astype(np.int64) for g in groups]
-        solve = exact_mckp if self.method == 'exact' else greedy_augmented
-        choice = solve([values[g] for g in groups], units, capacity)
+        units = [np.ceil((costs[g] - costs[g].min()) / resolution).astype(np.int64)
+                 for g in groups]
+        if self.method == 'exact':
+            choice = exact_mckp([values[g] for g in groups], units, capacity)
+        else:
+            choice = greedy_augmented([values[g] for g in groups], units, capacity,
+                                      max_states=self.max_bins)
         if choice is None:
             return None, cheapest
         return {g: space.allowed[g][n] for g, n in zip(groups, choice)}, cheapest

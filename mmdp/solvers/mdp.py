@@ -172,7 +172,10 @@ class MDPSolver(BaseSolver):
     Args:
         backend: 'milp' (exact linearisation, HiGHS, proven optimum) or 'mindtpy'.
         time_limit: seconds in all (model building included); past it the best solution found
-            is returned as `feasible` with its gap. None: no limit.
+            is returned as `feasible` with its gap (against HiGHS's bound, or the sum of every
+            layer's largest importance while HiGHS has none) and a warning. None: no limit.
+        require_optimal: fail (SolverError) instead of returning a solution not proven optimal
+            (stopped by `time_limit`); the 'mindtpy' backend never proves optimality.
         mip_rel_gap: relative gap at which HiGHS stops and calls the solution optimal.
         min_widths: {group: smallest width allowed}.
         removable_blocks: the blocks that may go (a subset of the problem's `blocks`);
@@ -185,7 +188,8 @@ class MDPSolver(BaseSolver):
     name = 'mdp'
 
     def __init__(self, backend: str = 'milp', time_limit: Optional[float] = None,
-                 mip_rel_gap: float = 1e-6, min_widths: Optional[dict] = None,
+                 require_optimal: bool = False, mip_rel_gap: float = 1e-6,
+                 min_widths: Optional[dict] = None,
                  removable_blocks: Optional[list] = None, warm_start: bool = True,
                  mindtpy_options: Optional[dict] = None, verbose: bool = False):
         super().__init__(min_widths)
@@ -195,8 +199,12 @@ class MDPSolver(BaseSolver):
             raise ValueError(f'mdp: time_limit must be positive, found {time_limit}')
         if not 0 <= mip_rel_gap < 1:
             raise ValueError(f'mdp: mip_rel_gap must lie in [0, 1), found {mip_rel_gap}')
+        if require_optimal and backend == 'mindtpy':
+            raise ValueError("mdp: require_optimal=True needs backend 'milp'; MindtPy's answers "
+                             'on this non-convex program are never proven optimal')
         self.backend = backend
         self.time_limit = time_limit
+        self.require_optimal = bool(require_optimal)
         self.mip_rel_gap = mip_rel_gap
         self.removable_blocks = removable_blocks
         self.warm_start = warm_start
@@ -226,6 +234,9 @@ class MDPSolver(BaseSolver):
         solver.config.stream_solver = self.verbose
         solver.config.load_solution = False
         solver.config.mip_gap = self.mip_rel_gap
+        # HiGHS also stops at an absolute gap (1e-6 by default), which on this [0, 1]-scaled
+        # objective would be looser than mip_rel_gap: only the relative gap decides.
+        solver.highs_options = {'mip_abs_gap': 0.0}
         solver.config.warmstart = warm_start
         solver.set_instance(m)  # outside the timed part: the limit covers what is left after it
         solver.config.time_limit = self._remaining()
@@ -275,12 +286,33 @@ class MDPSolver(BaseSolver):
             warm = False
         else:
             raise SolverError('mdp: HiGHS keeps returning choices over the budget')
-        incumbent, bound = results.best_feasible_objective, results.best_objective_bound
-        gap = None
-        if bound is not None and np.isfinite(bound):
-            gap = max(0.0, bound - incumbent) / max(abs(incumbent), 1e-12)
         status = 'optimal' if condition == TerminationCondition.optimal else 'feasible'
-        return make_solution(problem, status, positions, removed, gap)
+        solution = make_solution(problem, status, positions, removed)
+        # HiGHS's dual bound has no finite value before its root relaxation is solved; the sum
+        # of every layer's largest importance bounds the objective too (importance is never
+        # negative, a removed block only loses value), so the gap is always finite.
+        bound = results.best_objective_bound
+        bound = None if bound is None or not np.isfinite(bound) else bound * m.value_scale
+        trivial = sum(float(layer.importance.max()) for layer in problem.layers)
+        upper = trivial if bound is None else min(bound, trivial)
+        solution.gap = max(0.0, upper - solution.objective) / max(solution.objective, 1e-12)
+        if status != 'optimal':
+            source = ("HiGHS's dual bound" if upper == bound else
+                      "the sum of every layer's largest importance"
+                      + ('; HiGHS had no bound yet' if bound is None else ''))
+            stop = (f'stopped by the time limit ({self.time_limit:g} s)'
+                    if condition == TerminationCondition.maxTimeLimit
+                    else f'stopped ({condition.name})')
+            message = (f'mdp: {stop} before proving the optimum: objective '
+                       f'{solution.objective:.6g}, upper bound {upper:.6g} ({source}), gap '
+                       f'{solution.gap:.2%}')
+            if self.require_optimal:
+                raise SolverError(f'{message}; require_optimal=True: raise time_limit, or drop '
+                                  'require_optimal to accept this solution')
+            print_log(f'{message}: the structure may be that far below the best one; raise '
+                      'time_limit, or set require_optimal=True to fail instead',
+                      logger='current', level=logging.WARNING)
+        return solution
 
     def _smallest_latency(self, problem: Problem, space: ChoiceSpace,
                           m: pyo.ConcreteModel) -> Solution:
@@ -292,6 +324,11 @@ class MDPSolver(BaseSolver):
         if results.best_feasible_objective is None:
             raise SolverError('mdp: the budget is infeasible and no smallest-latency choice was '
                               f'found ({results.termination_condition.name})')
+        if results.termination_condition != TerminationCondition.optimal:
+            print_log('mdp: the budget is infeasible, and the smallest-latency search stopped '
+                      f'({results.termination_condition.name}) before proving its minimum: the '
+                      'latency reported is the smallest found, not the smallest reachable',
+                      logger='current', level=logging.WARNING)
         positions, removed = read_choice(m, space)
         solution = make_solution(problem, 'infeasible', positions, removed)
         if problem.fits(solution.latency):

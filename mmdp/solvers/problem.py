@@ -156,6 +156,7 @@ class Problem:
         n_out = len(groups[group])
         importance = cls._numbers(item['importance'], n_out, where,
                                   f"'importance' (one per width of group '{group}')")
+        cls._non_negative(importance, where, 'importance', group, groups, input_group)
         if input_group is None:
             latency = cls._numbers(item['latency'], n_out, where,
                                    f"'latency' (one per width of group '{group}', "
@@ -170,7 +171,24 @@ class Problem:
             latency = np.stack([
                 cls._numbers(row, n_in, where, f"'latency'[{k}] (one per width of "
                              f"input_group '{input_group}')") for k, row in enumerate(rows)])
+        cls._non_negative(latency, where, 'latency', group, groups, input_group)
         return Layer(name, group, input_group, block, importance, latency)
+
+    @staticmethod
+    def _non_negative(values: np.ndarray, where: str, what: str, group: str, groups: dict,
+                      input_group: Optional[str]) -> None:
+        """Importance is a saliency magnitude and latency a time: a negative entry is a bug
+        upstream, and the solvers rely on neither being negative (a removed block must not gain
+        value, HALP's bins must not shrink)."""
+        bad = np.argwhere(values < 0)
+        if not len(bad):
+            return
+        index = tuple(int(i) for i in bad[0])
+        at = f'width {groups[group][index[0]]} of group {group!r}'
+        if len(index) == 2:
+            at += f', input width {groups[input_group][index[1]]} of group {input_group!r}'
+        raise ProblemError(f"{where}: {what} must not be negative, found {values[index]:g} at "
+                           f'{at} ({len(bad)} negative entries)')
 
     @staticmethod
     def _parse_blocks(raw, layers: list) -> list:

@@ -27,7 +27,8 @@ def resnet_problem(depth: int = 50, chunk: int = 32, removable_blocks: bool = Tr
 
     One group per inner conv of a block, one residual group per stage shared by the downsample
     conv and every block's last conv (for BasicBlock ResNets without a stage-1 downsample, the
-    stem joins stage 1's residual group). The downsample conv is not part of its block. Latency
+    stem joins stage 1's residual group). The stem's group keeps its full width, as
+    `Structure.fixed_groups` has it. The downsample conv is not part of its block. Latency
     is about c_in * c_out * k^2 * H * W plus a per-layer launch constant, with 5% noise, scaled so
     the dense backbone takes about 5 ms; channel scores fall by 0.75 per block within a stage.
     Budget = `budget_ratio` x dense.
@@ -42,7 +43,7 @@ def resnet_problem(depth: int = 50, chunk: int = 32, removable_blocks: bool = Tr
     def add_group(name, channels):
         if channels % chunk:
             raise ValueError(f'{channels} channels are not a multiple of chunk {chunk}')
-        groups[name] = list(range(chunk, channels + 1, chunk))
+        groups[name] = [channels] if name == stem else list(range(chunk, channels + 1, chunk))
 
     def add_conv(name, group, input_group, block, c_in, c_out, kernel, pixels, scale=1.0):
         convs.append((name, group, input_group, block, c_in, c_out, kernel, pixels, scale))

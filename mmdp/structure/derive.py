@@ -89,6 +89,14 @@ class Structure:
     def block_names(self) -> list:
         return [block.name for block in self.blocks]
 
+    @property
+    def fixed_groups(self) -> list:
+        """Groups that keep their full width: the stem's, the group of the conv that reads the
+        image (official MDP keeps the first conv whole, latency_targeted_pruning_mdp.py:748;
+        HALP gives it a score that no other channel reaches)."""
+        return list(dict.fromkeys(layer.group for layer in self.layers
+                                  if layer.input_group is None))
+
     def to_dict(self) -> dict:
         return asdict(self)
 
