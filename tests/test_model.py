@@ -37,12 +37,14 @@ def test_loss_is_finite_and_trains_every_head(cfg, model):
     assert data['inputs']['imgs'].shape == (2, 6, 3, h, w)
     losses = model(**data, mode='loss')
     for key in ('loss_cls', 'loss_bbox', 'dn_loss_cls', 'dn_loss_bbox', 'd0.loss_cls',
-                'loss2d_cls', 'loss2d_bbox', 'loss2d_iou', 'loss2d_centers'):
+                'loss2d_cls', 'loss2d_centerness', 'loss2d_bbox', 'loss2d_iou',
+                'loss2d_centers'):
         assert torch.isfinite(losses[key]), key
     sum(losses.values()).backward()
     head = model.pts_bbox_head
     assert head.reg_branches[-1][-1].weight.grad.abs().sum() > 0
-    assert model.img_roi_head.cls[-1].weight.grad.abs().sum() > 0
+    for conv in ('cls', 'centerness', 'ltrb', 'center2d'):
+        assert getattr(model.img_roi_head, conv).weight.grad.abs().sum() > 0, conv
     assert model.img_backbone.layer4[0].conv1.weight.grad.abs().sum() > 0
 
 
