@@ -99,7 +99,7 @@ def convert_state_dict(official: Dict[str, torch.Tensor],
 
 
 def _same(a: torch.Tensor, b: torch.Tensor) -> bool:
-    return a.shape == b.shape and torch.allclose(a.double().cpu(), b.double().cpu(), atol=1e-6)
+    return a.shape == b.shape and torch.allclose(a.double().cpu(), b.double().cpu(), rtol=1e-6, atol=1e-6)
 
 
 def _shared_disagreements(out, target) -> List[str]:

@@ -86,9 +86,10 @@ class StreamPETRHead(BaseModule):
         self.register_buffer('position_range', torch.tensor(position_range), persistent=False)
         self.register_buffer('pc_range', torch.tensor(pc_range), persistent=False)
         self.register_buffer('code_weights', torch.tensor(code_weights), persistent=False)
-        # Linear-increasing depth bins (LID), denser near the camera.
+        # Linear-increasing depth bins (LID), denser near the camera; float32 arithmetic as in
+        # the published head, so the bins are the same to the last bit.
         index = torch.arange(depth_num, dtype=torch.float32)
-        bin_size = (position_range[3] - depth_start) / (depth_num * (1 + depth_num))
+        bin_size = (self.position_range[3] - depth_start) / (depth_num * (1 + depth_num))
         self.register_buffer('coords_d', depth_start + bin_size * index * (index + 1),
                              persistent=False)
         self.decoder = MODELS.build(decoder)
