@@ -10,7 +10,8 @@ import torch
 # converter checks that they agree with it and drops them.
 OFFICIAL_CONSTANTS = {
     'pts_bbox_head.code_weights': 'pts_bbox_head.code_weights',
-    'pts_bbox_head.match_costs': 'pts_bbox_head.code_weights',  # official: match costs = code weights
+    # The official matching costs equal its code weights.
+    'pts_bbox_head.match_costs': 'pts_bbox_head.code_weights',
     'pts_bbox_head.pc_range': 'pts_bbox_head.pc_range',
     'pts_bbox_head.position_range': 'pts_bbox_head.position_range',
     'pts_bbox_head.coords_d': 'pts_bbox_head.coords_d',
@@ -99,7 +100,8 @@ def convert_state_dict(official: Dict[str, torch.Tensor],
 
 
 def _same(a: torch.Tensor, b: torch.Tensor) -> bool:
-    return a.shape == b.shape and torch.allclose(a.double().cpu(), b.double().cpu(), rtol=1e-6, atol=1e-6)
+    return a.shape == b.shape and torch.allclose(a.double().cpu(), b.double().cpu(), rtol=1e-6,
+                                                 atol=1e-6)
 
 
 def _shared_disagreements(out, target) -> List[str]:
