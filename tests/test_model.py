@@ -265,13 +265,13 @@ def test_grid_mask_keeps_the_grid_bands_in_training_only():
     gm = GridMask(prob=1.0).eval()
     assert torch.equal(gm(x), x)
     gm.train()
-    np.random.seed(5)
+    torch.manual_seed(5)
     out = gm(x)
-    np.random.seed(5)
-    np.random.rand()  # the draw against prob
-    d = np.random.randint(2, 20)
+    torch.manual_seed(5)
+    torch.rand(())  # the draw against prob
+    d = int(torch.randint(2, 20, ()))
     band = min(max(int(d * 0.5 + 0.5), 1), d - 1)
-    st_h, st_w = np.random.randint(d), np.random.randint(d)
+    st_h, st_w = int(torch.randint(d, ())), int(torch.randint(d, ()))
     hh, ww = 30, 45  # the 1.5x canvas
 
     def on(pos, start, length):
@@ -286,10 +286,10 @@ def test_grid_mask_keeps_the_grid_bands_in_training_only():
 def test_grid_mask_probability_is_the_published_one(dense_cfg):
     model = MODELS.build(dense_cfg.model).train()
     assert model.grid_mask.prob == 0.7
-    np.random.seed(0)
+    torch.manual_seed(0)
     x = torch.ones(1, 3, 32, 32)
     hits = sum(not torch.equal(model.grid_mask(x), x) for _ in range(2000))
-    assert 1300 < hits < 1500  # 0.7 of 2000 with seed 0
+    assert 1340 < hits < 1460  # 0.7 of 2000, +- 3 standard deviations
 
 
 def test_preprocessor_turns_bgr_into_normalised_rgb(dense_cfg):

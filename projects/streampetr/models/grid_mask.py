@@ -1,7 +1,9 @@
 """GridMask augmentation of the camera images (training only), as StreamPETR trains with it:
 with probability `prob`, one grid of square cells (period d drawn in [2, H), band width
 ratio * d) is drawn for the whole batch; `keep_bands=True` keeps the pixels on the grid's
-row or column bands and zeroes the cells between them (the published mode 1)."""
+row or column bands and zeroes the cells between them (the published mode 1). It draws from
+torch's RNG, so a caller that reseeds torch (JointPruning's sub-network losses) gets the same
+mask again."""
 import numpy as np
 import torch
 from torch import nn
@@ -28,9 +30,9 @@ class GridMask(nn.Module):
         """One random (h, w) 0/1 mask. The grid is laid on a 1.5x larger canvas and the centre
         cut out, so that the grid's phase varies across the image."""
         hh, ww = int(1.5 * h), int(1.5 * w)
-        d = np.random.randint(2, h)
+        d = int(torch.randint(2, h, ()))
         width = min(max(int(d * self.ratio + 0.5), 1), d - 1)
-        st_h, st_w = np.random.randint(d), np.random.randint(d)
+        st_h, st_w = int(torch.randint(d, ())), int(torch.randint(d, ()))
         on = np.zeros((hh, ww), dtype=bool)
         if self.use_h:
             on |= _bands(hh, d, st_h, width)[:, None]
@@ -42,7 +44,7 @@ class GridMask(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x (..., H, W); the same mask for every image and channel."""
-        if not self.training or np.random.rand() > self.prob:
+        if not self.training or float(torch.rand(())) > self.prob:
             return x
         m = torch.from_numpy(self.mask(*x.shape[-2:])).to(x)
         return x * m
