@@ -6,8 +6,8 @@ from torch import nn
 
 
 def pos2posemb(pos: torch.Tensor, num_pos_feats: int = 128, temperature: int = 10000):
-    """Sine/cosine encoding of each coordinate in the last dim, concatenated (y, x, z order is
-    irrelevant for a learned MLP on top, so coordinates keep their order)."""
+    """Sine/cosine encoding of each coordinate in the last dim, the coordinates' encodings
+    concatenated in their order; each is (sin f0, cos f0, sin f1, cos f1, ...)."""
     scale = 2 * math.pi
     pos = pos * scale
     dim_t = torch.arange(num_pos_feats, dtype=torch.float32, device=pos.device)
@@ -15,6 +15,12 @@ def pos2posemb(pos: torch.Tensor, num_pos_feats: int = 128, temperature: int = 1
     emb = pos[..., None] / dim_t
     emb = torch.stack((emb[..., 0::2].sin(), emb[..., 1::2].cos()), dim=-1).flatten(-2)
     return emb.flatten(-2)
+
+
+def pos2posemb3d(pos: torch.Tensor, num_pos_feats: int = 128) -> torch.Tensor:
+    """StreamPETR's 3D point encoding: the (y, x, z) encodings concatenated in that order (the
+    published weights were trained on it)."""
+    return pos2posemb(pos[..., [1, 0, 2]], num_pos_feats)
 
 
 def nerf_positional_encoding(x: torch.Tensor, num_freqs: int = 6) -> torch.Tensor:

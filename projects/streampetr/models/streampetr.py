@@ -8,14 +8,18 @@ from mmdet3d.models.detectors.base import Base3DDetector
 from mmdet3d.registry import MODELS
 
 from .box_codec import boxes_to_targets
+from .grid_mask import GridMask
 
 
 @MODELS.register_module()
 class StreamPETR(Base3DDetector):
 
     def __init__(self, img_backbone, img_neck, pts_bbox_head, img_roi_head=None,
-                 max_time_gap=2.0, data_preprocessor=None, init_cfg=None):
+                 max_time_gap=2.0, grid_mask=None, data_preprocessor=None, init_cfg=None):
+        """grid_mask: None (off) or the arguments of `GridMask`, applied to the normalised
+        images in training only (the published recipe: dict(prob=0.7))."""
         super().__init__(data_preprocessor=data_preprocessor, init_cfg=init_cfg)
+        self.grid_mask = GridMask(**grid_mask) if grid_mask is not None else None
         # A slot whose previous frame is older than this (seconds), or newer, starts afresh.
         self.max_time_gap = max_time_gap
         self.img_backbone = MODELS.build(img_backbone)
@@ -28,7 +32,10 @@ class StreamPETR(Base3DDetector):
     def extract_feat(self, imgs: torch.Tensor) -> torch.Tensor:
         """(B, N, 3, H, W) -> (B, N, C, H/16, W/16) from the neck's first output level."""
         b, n = imgs.shape[:2]
-        feats = self.img_neck(self.img_backbone(imgs.flatten(0, 1)))[0]
+        imgs = imgs.flatten(0, 1)
+        if self.grid_mask is not None:
+            imgs = self.grid_mask(imgs)  # a no-op unless training
+        feats = self.img_neck(self.img_backbone(imgs))[0]
         return feats.view(b, n, *feats.shape[1:])
 
     def _frame(self, imgs, data_samples) -> Dict:

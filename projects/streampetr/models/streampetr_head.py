@@ -1,7 +1,5 @@
 """StreamPETR's 3D head: 3D position embedding, temporal memory queue, query denoising, decoder,
 Hungarian losses and NMS-free decoding."""
-import copy
-
 import torch
 from mmdet.models.layers.transformer.utils import inverse_sigmoid
 from mmdet.utils import reduce_mean
@@ -12,7 +10,8 @@ from mmengine.structures import InstanceData
 from torch import nn
 
 from .box_codec import normalize_bbox
-from .embeddings import MLN, SELayerLinear, nerf_positional_encoding, pos2posemb, transform_points
+from .embeddings import (MLN, SELayerLinear, nerf_positional_encoding, pos2posemb,
+                         pos2posemb3d, transform_points)
 
 
 def _mlp_branch(embed_dims, out_dims, num_fcs, with_ln):
@@ -30,7 +29,14 @@ def _mlp_branch(embed_dims, out_dims, num_fcs, with_ln):
 class StreamPETRHead(BaseModule):
     """Object-centric temporal head. The memory queue holds, per batch slot, the top-k queries of
     past frames (features, reference points in the current LiDAR frame, age, relative pose,
-    velocity); `frame['valid']` says for each slot whether the previous frame continues."""
+    velocity); `frame['valid']` says for each slot whether the previous frame continues.
+
+    `per_view_intrinsics=False` reproduces the published model, in which the spatial alignment
+    of image token j (tokens flattened view-major, N views) reads the focal lengths of view
+    j mod N (`intrinsic.repeat(1, H*W, 1)` in the official head), not those of its own view;
+    the published weights were trained with it. True gives each token its own view's.
+    `cone_depth_bins`: the two depth bins whose ray points enter the spatial alignment; None
+    means the official ones, the last bin and the one 29 before it (63 and 34 of 64)."""
 
     def __init__(self,
                  num_classes=10,
@@ -50,7 +56,9 @@ class StreamPETRHead(BaseModule):
                  dn_noise_scale=1.0,
                  dn_split=0.75,
                  dn_weight=1.0,
-                 code_weights=(1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 0.2, 0.2),
+                 code_weights=(2.0, 2.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0),
+                 per_view_intrinsics=False,
+                 cone_depth_bins=None,
                  decoder=dict(type='StreamTemporalDecoder'),
                  assigner=dict(type='StreamHungarianAssigner3D'),
                  bbox_coder=dict(type='StreamNMSFreeCoder',
@@ -66,11 +74,24 @@ class StreamPETRHead(BaseModule):
         self.num_query, self.num_propagated = num_query, num_propagated
         self.memory_len, self.topk_proposals = memory_len, topk_proposals
         self.depth_num, self.depth_start = depth_num, depth_start
+        self.per_view_intrinsics = per_view_intrinsics
+        if cone_depth_bins is None:
+            cone_depth_bins = (depth_num - 1, max(depth_num - 30, 0))
+        if not all(0 <= b < depth_num for b in cone_depth_bins) or len(cone_depth_bins) != 2:
+            raise ValueError(f'cone_depth_bins {cone_depth_bins} must be two bins in '
+                             f'[0, {depth_num})')
+        self.cone_depth_bins = tuple(cone_depth_bins)
         self.with_dn, self.dn_groups = with_dn, dn_groups
         self.dn_noise_scale, self.dn_split, self.dn_weight = dn_noise_scale, dn_split, dn_weight
         self.register_buffer('position_range', torch.tensor(position_range), persistent=False)
         self.register_buffer('pc_range', torch.tensor(pc_range), persistent=False)
         self.register_buffer('code_weights', torch.tensor(code_weights), persistent=False)
+        # Linear-increasing depth bins (LID), denser near the camera; float32 arithmetic as in
+        # the published head, so the bins are the same to the last bit.
+        index = torch.arange(depth_num, dtype=torch.float32)
+        bin_size = (self.position_range[3] - depth_start) / (depth_num * (1 + depth_num))
+        self.register_buffer('coords_d', depth_start + bin_size * index * (index + 1),
+                             persistent=False)
         self.decoder = MODELS.build(decoder)
         self.num_layers = len(self.decoder.layers)
         self.assigner = TASK_UTILS.build(assigner)
@@ -83,10 +104,12 @@ class StreamPETRHead(BaseModule):
 
     def _init_layers(self, num_reg_fcs, in_channels):
         c = self.embed_dims
+        # One class and one box branch serve every decoder layer (as published): the lists hold
+        # the same module num_layers times.
         cls_branch = _mlp_branch(c, self.num_classes, num_reg_fcs, with_ln=True)
         reg_branch = _mlp_branch(c, len(self.code_weights), num_reg_fcs, with_ln=False)
-        self.cls_branches = nn.ModuleList(copy.deepcopy(cls_branch) for _ in range(self.num_layers))
-        self.reg_branches = nn.ModuleList(copy.deepcopy(reg_branch) for _ in range(self.num_layers))
+        self.cls_branches = nn.ModuleList(cls_branch for _ in range(self.num_layers))
+        self.reg_branches = nn.ModuleList(reg_branch for _ in range(self.num_layers))
         self.position_encoder = nn.Sequential(
             nn.Linear(self.depth_num * 3, c * 4), nn.ReLU(), nn.Linear(c * 4, c))
         self.memory_embed = nn.Sequential(nn.Linear(in_channels, c), nn.ReLU(), nn.Linear(c, c))
@@ -109,9 +132,7 @@ class StreamPETRHead(BaseModule):
         nn.init.uniform_(self.reference_points.weight, 0, 1)
         if self.num_propagated > 0:
             nn.init.uniform_(self.pseudo_reference_points.weight, 0, 1)
-        bias = bias_init_with_prob(0.01)
-        for branch in self.cls_branches:
-            nn.init.constant_(branch[-1].bias, bias)
+        nn.init.constant_(self.cls_branches[0][-1].bias, bias_init_with_prob(0.01))
 
     # ---- memory queue -------------------------------------------------------------------------
     def reset_memory(self):
@@ -166,7 +187,7 @@ class StreamPETRHead(BaseModule):
         b, q = query_pos.shape[:2]
         temp_ref = (self.memory_reference_point - self.pc_range[:3]) / (
             self.pc_range[3:] - self.pc_range[:3])
-        temp_pos = self.query_embedding(pos2posemb(temp_ref))
+        temp_pos = self.query_embedding(pos2posemb3d(temp_ref))
         temp_memory = self.memory_embedding
         eye = torch.eye(4, device=tgt.device)[:3].flatten()
         rec_motion = torch.cat([tgt.new_zeros(b, q, 3), eye.expand(b, q, 12)], -1)
@@ -194,12 +215,7 @@ class StreamPETRHead(BaseModule):
         pad_h, pad_w = frame['pad_shape']
         v = (torch.arange(h, device=device) + 0.5) * pad_h / h
         u = (torch.arange(w, device=device) + 0.5) * pad_w / w
-        index = torch.arange(self.depth_num, device=device, dtype=torch.float32)
-        # Linear-increasing depth bins (LID), denser near the camera.
-        bin_size = (self.position_range[3] - self.depth_start) / (self.depth_num *
-                                                                  (1 + self.depth_num))
-        d = self.depth_start + bin_size * index * (index + 1)
-        vv, uu, dd = torch.meshgrid(v, u, d, indexing='ij')  # (h, w, D)
+        vv, uu, dd = torch.meshgrid(v, u, self.coords_d, indexing='ij')  # (h, w, D)
         coords = torch.stack([uu * dd, vv * dd, dd, torch.ones_like(dd)], -1)
         img2lidar = frame['img2lidar']  # (B, N, 4, 4)
         pts = torch.einsum('bnij,hwdj->bnhwdi', img2lidar, coords)[..., :3]
@@ -207,8 +223,13 @@ class StreamPETRHead(BaseModule):
         b, n = img2lidar.shape[:2]
         pts = pts.reshape(b, n * h * w, self.depth_num, 3)
         pos_embed = self.position_encoder(inverse_sigmoid(pts.flatten(-2)))
-        intrinsic = (frame['focal'].abs() / 1e3)[:, :, None].expand(b, n, h * w, 2)
-        cone = torch.cat([intrinsic.reshape(b, n * h * w, 2), pts[:, :, 0], pts[:, :, -1]], -1)
+        focal = frame['focal'].abs() / 1e3  # (B, N, 2)
+        if self.per_view_intrinsics:
+            intrinsic = focal[:, :, None].expand(b, n, h * w, 2).reshape(b, n * h * w, 2)
+        else:
+            intrinsic = focal.repeat(1, h * w, 1)  # token j: view j mod N (published)
+        far, mid = self.cone_depth_bins
+        cone = torch.cat([intrinsic, pts[:, :, far], pts[:, :, mid]], -1)
         return pos_embed, cone
 
     # ---- query denoising ----------------------------------------------------------------------
@@ -219,7 +240,7 @@ class StreamPETRHead(BaseModule):
             return ref, None, None
         device = reference_points.device
         single_pad = max(known_num)
-        groups = max(1, min(self.dn_groups, self.num_query // single_pad))
+        groups = self.dn_groups  # as published: never lowered for frames with many boxes
         boxes = torch.cat(gt_bboxes).repeat(groups, 1)
         labels = torch.cat(gt_labels).repeat(groups).long().clone()
         bid = torch.cat([torch.full((n, ), i, device=device) for i, n in enumerate(known_num)])
@@ -261,20 +282,18 @@ class StreamPETRHead(BaseModule):
 
         ref, blocked, dn = self._prepare_for_dn(b, self.reference_points.weight, gt_bboxes,
                                                 gt_labels)
-        query_pos = self.query_embedding(pos2posemb(ref))
+        query_pos = self.query_embedding(pos2posemb3d(ref))
         tgt = torch.zeros_like(query_pos)
         tgt, query_pos, ref, temp_memory, temp_pos = self._temporal_alignment(query_pos, tgt, ref)
         dec = torch.nan_to_num(self.decoder(tgt, query_pos, tokens, pos_embed, temp_memory,
                                             temp_pos, blocked))
         ref = inverse_sigmoid(ref)
-        cls_scores, bbox_preds = [], []
-        for lvl in range(self.num_layers):
-            cls_scores.append(self.cls_branches[lvl](dec[lvl]))
-            box = self.reg_branches[lvl](dec[lvl])
-            centers = (box[..., :3] + ref).sigmoid()
-            centers = centers * (self.pc_range[3:] - self.pc_range[:3]) + self.pc_range[:3]
-            bbox_preds.append(torch.cat([centers, box[..., 3:]], -1))
-        cls_scores, bbox_preds = torch.stack(cls_scores), torch.stack(bbox_preds)
+        # The branches are shared by all layers: run them once on the stacked layer outputs.
+        cls_scores = self.cls_branches[0](dec)
+        box = self.reg_branches[0](dec)
+        centers = (box[..., :3] + ref).sigmoid()
+        centers = centers * (self.pc_range[3:] - self.pc_range[:3]) + self.pc_range[:3]
+        bbox_preds = torch.cat([centers, box[..., 3:]], -1)
         self._post_update_memory(cls_scores[-1], bbox_preds[-1], dec[-1], dn['pad'] if dn else 0)
         return cls_scores, bbox_preds, dn
 
@@ -285,7 +304,7 @@ class StreamPETRHead(BaseModule):
         weights = torch.zeros_like(targets)
         for i in range(b):
             p_idx, g_idx = self.assigner.assign(bbox_preds[i].detach(), cls_scores[i].detach(),
-                                                gt_bboxes[i], gt_labels[i])
+                                                gt_bboxes[i], gt_labels[i], self.code_weights)
             labels[i, p_idx] = gt_labels[i][g_idx]
             targets[i, p_idx] = normalize_bbox(gt_bboxes[i][g_idx])
             weights[i, p_idx] = self.code_weights

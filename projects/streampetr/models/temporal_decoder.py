@@ -1,6 +1,7 @@
 """PETR's temporal decoder: post-norm layers of self-attention over [queries; memory],
 cross-attention to the image tokens and an FFN, computed with PyTorch's fused SDPA kernels."""
 import torch
+import torch.utils.checkpoint as cp
 import torch.nn.functional as F
 from mmdet3d.registry import MODELS
 from mmengine.model import BaseModule
@@ -36,10 +37,11 @@ class SDPAttention(nn.Module):
 
 class TemporalDecoderLayer(nn.Module):
 
-    def __init__(self, embed_dims=256, num_heads=8, ffn_dims=2048, dropout=0.1):
+    def __init__(self, embed_dims=256, num_heads=8, ffn_dims=2048, dropout=0.1,
+                 cross_attn_drop=0.0):
         super().__init__()
         self.self_attn = SDPAttention(embed_dims, num_heads, dropout)
-        self.cross_attn = SDPAttention(embed_dims, num_heads, dropout)
+        self.cross_attn = SDPAttention(embed_dims, num_heads, cross_attn_drop)
         self.ffn = nn.Sequential(
             nn.Linear(embed_dims, ffn_dims), nn.ReLU(inplace=True), nn.Dropout(dropout),
             nn.Linear(ffn_dims, embed_dims))
@@ -60,13 +62,19 @@ class TemporalDecoderLayer(nn.Module):
 
 @MODELS.register_module()
 class StreamTemporalDecoder(BaseModule):
-    """Stack of decoder layers; returns every layer's output after a shared final norm."""
+    """Stack of decoder layers; returns every layer's output after a shared final norm.
+
+    `dropout` acts on the residual branches, the FFN's hidden layer and the self-attention
+    probabilities; `cross_attn_drop` on the cross-attention probabilities (0 in the published
+    model: its flash-attention wrapper passed the 0.1 as the `bias` flag). `with_cp` recomputes
+    each layer in backward (training only) to save activation memory."""
 
     def __init__(self, num_layers=6, embed_dims=256, num_heads=8, ffn_dims=2048, dropout=0.1,
-                 init_cfg=None):
+                 cross_attn_drop=0.0, with_cp=False, init_cfg=None):
         super().__init__(init_cfg)
+        self.with_cp = with_cp
         self.layers = nn.ModuleList(
-            TemporalDecoderLayer(embed_dims, num_heads, ffn_dims, dropout)
+            TemporalDecoderLayer(embed_dims, num_heads, ffn_dims, dropout, cross_attn_drop)
             for _ in range(num_layers))
         self.post_norm = nn.LayerNorm(embed_dims)
 
@@ -78,7 +86,11 @@ class StreamTemporalDecoder(BaseModule):
     def forward(self, query, query_pos, img_feats, img_pos, temp_memory=None, temp_pos=None,
                 blocked=None):
         outs = []
+        args = (query_pos, img_feats, img_pos, temp_memory, temp_pos, blocked)
         for layer in self.layers:
-            query = layer(query, query_pos, img_feats, img_pos, temp_memory, temp_pos, blocked)
+            if self.with_cp and self.training:
+                query = cp.checkpoint(layer, query, *args, use_reentrant=False)
+            else:
+                query = layer(query, *args)
             outs.append(self.post_norm(query))
         return torch.stack(outs)
