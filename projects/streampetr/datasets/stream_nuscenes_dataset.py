@@ -87,7 +87,7 @@ class StreamNuScenesDataset(NuScenesDataset):
         return data_list
 
     def _split_scenes(self, data_list):
-        """Mark the first sample of every ``seq_split_num``-th part of each scene as having no
+        """Mark the first sample of each of the parts every scene is cut into as having no
         previous sample (the infos are sorted by scene, then time)."""
         start = 0
         while start < len(data_list):
