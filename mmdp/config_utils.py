@@ -53,7 +53,8 @@ def scale_schedule(cfg: Config, world_size: int) -> None:
     if not recipe:
         return
     batch = cfg.train_dataloader.batch_size * world_size
-    iters = max(1, recipe['epochs'] * recipe['samples_per_epoch'] // batch)
+    # Whole iterations per epoch, then epochs, as StreamPETR counts them (28130 // 16 x 60).
+    iters = max(1, recipe['epochs'] * (recipe['samples_per_epoch'] // batch))
     cfg.train_cfg.max_iters = iters
     for sched in cfg.get('param_scheduler', []):
         if sched.get('type') == 'CosineAnnealingLR':

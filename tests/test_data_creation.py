@@ -227,36 +227,68 @@ def test_boxes_convert_back_to_the_devkit_global_boxes(infos, nusc):
                                            atol=1e-6)
 
 
-def test_cam_instances_are_the_devkit_projections_inside_the_images(infos, nusc):
+def test_cam_instances_are_the_boxes_the_devkit_sees_in_each_image(infos, nusc):
+    """As StreamPETR's converter selects them: labelled boxes whose centre is in front of the
+    camera and whose projection, cut to the image, is at least 1 pixel wide and high; the centre
+    may project outside the image. Checked against the devkit's boxes in the camera frame: the
+    hull of the projected corners cut to the image (shapely) for boxes wholly in front; a box
+    crossing the camera plane has at least the hull of its front corners."""
+    from shapely.geometry import MultiPoint, box as shapely_box
+    off_image_centres = 0
     for split in ('train', 'val'):
         for item in infos[split]['data_list']:
             sample = nusc.get('sample', item['token'])
             seen = set()
             for cam in CAMERAS:
                 width, height = item['images'][cam]['width'], item['images'][cam]['height']
+                canvas = shapely_box(0, 0, width, height)
                 found = item['cam_instances'][cam]
                 for inst in found:
                     x1, y1, x2, y2 = inst['bbox']
-                    u, v = inst['center_2d']
-                    assert 0 <= x1 < x2 <= width and 0 <= y1 < y2 <= height
-                    assert x1 <= u <= x2 and y1 <= v <= y2 and inst['depth'] > 0
-                    assert 0 <= inst['bbox_label'] < len(CLASSES)
-                # What the devkit sees: labelled boxes whose centre lies in this image.
+                    assert 0 <= x1 and x1 + 1 <= x2 <= width and 0 <= y1 and y1 + 1 <= y2 <= height
+                    assert inst['depth'] > 0 and 0 <= inst['bbox_label'] < len(CLASSES)
                 _, boxes, intrinsic = nusc.get_sample_data(sample['data'][cam],
                                                            box_vis_level=BoxVisibility.NONE)
-                expected = []
+                expected, crossing = [], []
                 for box in boxes:
-                    uv = view_points(box.center[:, None], intrinsic, True)[:2, 0]
                     name = category_to_detection_name(box.name)
-                    if name and box.center[2] > 0.1 and 0 <= uv[0] < width and \
-                            0 <= uv[1] < height:
-                        expected.append((*uv, box.center[2], CLASSES.index(name)))
-                        seen.add(box.token)
-                got = [(*inst['center_2d'], inst['depth'], inst['bbox_label']) for inst in found]
-                np.testing.assert_allclose(sorted(got), sorted(expected), atol=1e-6)
+                    corners = box.corners()
+                    if not name or box.center[2] <= 0 or not (corners[2] > 0).any():
+                        continue
+                    uv = view_points(box.center[:, None], intrinsic, True)[:2, 0]
+                    front = corners[:, corners[2] > 0.1]
+                    hull = MultiPoint(view_points(front, intrinsic, True)[:2].T.tolist()
+                                      ).convex_hull.intersection(canvas)
+                    entry = (*uv, box.center[2], CLASSES.index(name))
+                    if (corners[2] <= 0.1).any():
+                        crossing.append((entry, hull, box.token))
+                        continue
+                    if not hull.is_empty:
+                        bx1, by1, bx2, by2 = hull.bounds
+                        if bx2 - bx1 >= 1 and by2 - by1 >= 1:
+                            expected.append((entry, hull.bounds))
+                            seen.add(box.token)
+                            off_image_centres += not (0 <= uv[0] < width and 0 <= uv[1] < height)
+                got = {(*inst['center_2d'], inst['depth'], inst['bbox_label']): inst['bbox']
+                       for inst in found}
+                for entry, bounds in expected:
+                    match = [k for k in got if np.allclose(k, entry, atol=1e-6)]
+                    assert len(match) == 1, (cam, entry)
+                    np.testing.assert_allclose(got.pop(match[0]), bounds, atol=1e-6)
+                for key, bbox in got.items():  # the rest must be boxes crossing the camera plane
+                    match = [(hull, token) for entry, hull, token in crossing
+                             if np.allclose(key, entry, atol=1e-6)]
+                    assert len(match) == 1, (cam, key)
+                    hull, token = match[0]
+                    seen.add(token)
+                    if not hull.is_empty:
+                        bx1, by1, bx2, by2 = hull.bounds
+                        assert bbox[0] <= bx1 + 1e-6 and bbox[1] <= by1 + 1e-6
+                        assert bbox[2] >= bx2 - 1e-6 and bbox[3] >= by2 - 1e-6
             labelled = {token for token, inst in zip(sample['anns'], item['instances'])
                         if inst['bbox_label'] >= 0}
             assert seen == labelled  # six cameras see every labelled object
+    assert off_image_centres > 0  # the synthetic scenes have boxes cut by the image border
 
 
 def test_create_data_errors_name_the_problem_and_write_nothing(nusc, nusc_root, tmp_path):

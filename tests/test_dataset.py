@@ -63,16 +63,16 @@ def test_training_samples_follow_the_data_contract(nusc_infos):
         gt2d = ds.gt_instances
         assert set(gt2d.keys()) == {'bboxes', 'labels', 'centers_2d', 'depths', 'view_ids'}
         # Every 2D centre / depth is where its 3D box centre lands through the augmented
-        # matrices (image affine and global rotation / scale included).
+        # matrices (image affine and global rotation / scale included), clipped to the image.
         centres = boxes_3d.gravity_center.double().numpy()
         for centre_2d, depth, view in zip(gt2d.centers_2d.numpy(), gt2d.depths.numpy(),
                                           gt2d.view_ids.numpy()):
             homo = np.c_[centres, np.ones(len(centres))]
             pix = homo @ meta['lidar2img'][view].T
             cam_depth = (homo @ meta['lidar2cam'][view].T)[:, 2]
-            err = np.linalg.norm(pix[:, :2] / pix[:, 2:3] - centre_2d, axis=1)
-            best = err.argmin()
-            assert err[best] < 1e-2 and abs(cam_depth[best] - depth) < 1e-3
+            uv = (pix[:, :2] / pix[:, 2:3]).clip(0, FINAL_DIM[::-1])
+            err = np.linalg.norm(uv - centre_2d, axis=1)
+            assert np.any((err < 1e-2) & (np.abs(cam_depth - depth) < 1e-3))
     assert sum(len(s['data_samples'].gt_instances) for s in samples) > 0
 
     batch = MODELS.build(PREPROCESSOR)(pseudo_collate(samples[:2]), training=True)
@@ -111,3 +111,35 @@ def test_bad_paths_and_settings_are_named(nusc_infos, tmp_path):
     with pytest.raises(ValueError, match='filter_empty_gt'):
         DATASETS.build(dataset_cfg(nusc_infos, 'train', [], filter_empty_gt=True))
 
+
+
+def test_training_scenes_split_into_sequences_and_test_scenes_stay_whole(nusc_infos):
+    """StreamPETR's seq_split_num=2: the memory resets at the start of each half of a training
+    scene (prev_exists False there); testing streams each scene whole."""
+    whole = DATASETS.build(dataset_cfg(nusc_infos, 'train', []))
+    split = DATASETS.build(dataset_cfg(nusc_infos, 'train', [], seq_split_num=2))
+    scenes = [whole.get_data_info(i)['scene_token'] for i in range(len(whole))]
+    flags = [split.get_data_info(i)['prev_exists'] for i in range(len(split))]
+    # Synthetic scenes of 6 key frames: the halves start at frames 0 and 3.
+    assert len(scenes) == 6 and len(set(scenes)) == 1
+    assert flags == [False, True, True, False, True, True]
+    assert [whole.get_data_info(i)['prev_exists'] for i in range(6)] == [False] + [True] * 5
+    with pytest.raises(ValueError, match='seq_split_num=2 is for training'):
+        DATASETS.build(dataset_cfg(nusc_infos, 'val', TEST_PIPELINE, seq_split_num=2))
+    with pytest.raises(ValueError, match='seq_split_num must be an integer >= 1'):
+        DATASETS.build(dataset_cfg(nusc_infos, 'train', [], seq_split_num=0))
+
+
+@pytest.mark.parametrize('lengths,split,starts', [
+    ([7, 6], 2, [0, 4, 7, 10]),          # ceil(7 / 2) = 4: parts of 4 and 3
+    ([5, 1, 4], 3, [0, 2, 4, 5, 6, 8]),  # ceil(5 / 3) = 2; a 1-frame scene stays whole
+    ([40], 2, [0, 20]),
+])
+def test_sequence_starts_follow_streampetrs_split(lengths, split, starts):
+    from projects.streampetr.datasets.stream_nuscenes_dataset import StreamNuScenesDataset
+    data_list = [dict(scene_token=f's{s}', prev_exists=t > 0)
+                 for s, n in enumerate(lengths) for t in range(n)]
+    holder = StreamNuScenesDataset.__new__(StreamNuScenesDataset)
+    holder.seq_split_num = split
+    holder._split_scenes(data_list)
+    assert [i for i, d in enumerate(data_list) if not d['prev_exists']] == starts

@@ -12,10 +12,12 @@ import projects.streampetr  # noqa: F401  (registers the Stream* samplers)
 
 class SceneInfos:
     """The part of a dataset samplers read: ``len`` and ``get_data_info``, in info order (scene,
-    then time)."""
+    then time). ``cuts`` lists (scene, frame) pairs that start a new sequence inside a scene
+    (``prev_exists`` False there, as the dataset's ``seq_split_num`` makes them)."""
 
-    def __init__(self, scene_lengths):
+    def __init__(self, scene_lengths, cuts=()):
         self.infos = [dict(scene_token=f'scene-{s}', frame=t,
+                           prev_exists=t > 0 and (s, t) not in cuts,
                            pipeline_output=dict(scene=s, frame=t))
                       for s, n in enumerate(scene_lengths) for t in range(n)]
 
@@ -32,8 +34,9 @@ class SceneInfos:
 SCENES = [7, 3, 12, 5, 9, 1, 8, 4, 6, 10, 2, 11]  # 78 samples in 12 scenes
 
 
-def batch_sampler(batch_size, rank=0, world_size=1, shuffle=True, seed=3, scenes=SCENES):
-    sampler = DefaultSampler(SceneInfos(scenes), shuffle=False, seed=seed)
+def batch_sampler(batch_size, rank=0, world_size=1, shuffle=True, seed=3, scenes=SCENES,
+                  cuts=()):
+    sampler = DefaultSampler(SceneInfos(scenes, cuts), shuffle=False, seed=seed)
     return DATA_SAMPLERS.build(dict(type='StreamBatchSampler', shuffle=shuffle, rank=rank,
                                     world_size=world_size),
                                default_args=dict(sampler=sampler, batch_size=batch_size))
@@ -73,6 +76,27 @@ def test_batches_stream_scenes_in_order_and_cover_the_epoch(batch_size, world_si
     # Scenes only straddle the cut between two streams: ranks share at most world_size - 1.
     shared = sum(len(a & b) for i, a in enumerate(rank_scenes) for b in rank_scenes[i + 1:])
     assert shared <= world_size - 1
+
+
+def test_split_scenes_are_shuffled_as_separate_sequences():
+    """A sequence starts where prev_exists is False: the parts of a scene move independently,
+    and every stream enters a part from its first frame (or at its window's start)."""
+    cuts = {(s, (n + 1) // 2) for s, n in enumerate(SCENES) if n > 1}
+    infos = SceneInfos(SCENES, cuts)
+    starts = {(s, 0) for s in range(len(SCENES))} | cuts
+    parts_next_to_their_scene = 0
+    for seed in range(5):
+        streams = batch_sampler(1, seed=seed, cuts=cuts).streams()
+        stream = streams[0]
+        assert sorted(stream) == list(range(len(infos)))
+        for prev, cur in zip(stream, stream[1:]):
+            a, b = infos.infos[prev], infos.infos[cur]
+            key_b = (int(b['scene_token'].split('-')[1]), b['frame'])
+            assert key_b in starts or (a['scene_token'] == b['scene_token']
+                                       and b['frame'] == a['frame'] + 1), (prev, cur)
+            parts_next_to_their_scene += a['scene_token'] == b['scene_token'] and key_b in cuts
+    # Out of 5 x 11 second halves, only a few follow their first half by chance.
+    assert parts_next_to_their_scene < 15
 
 
 def test_exact_division_sees_every_sample_exactly_once():

@@ -1,5 +1,6 @@
 """StreamPETR's transforms keep images, camera matrices, 2D and 3D annotations and the LiDAR pose
 consistent, and pack into the data contract through mmdet3d's Det3DDataPreprocessor."""
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -8,6 +9,7 @@ from mmdet3d.structures import LiDARInstance3DBoxes
 from mmengine.dataset import pseudo_collate
 
 import projects.streampetr  # noqa: F401  (registers the Stream* transforms)
+from projects.streampetr.datasets.transforms.image_aug import visible_boxes
 
 H, W = 225, 400  # synthetic source images
 FOCAL = 200.0
@@ -96,34 +98,148 @@ AUGS = [
 ]
 
 
+def mapped_box(box, affine, fh, fw):
+    """A box's four corners through ``affine``, enclosed and clipped to the image."""
+    corners = np.array([[box[0], box[1]], [box[2], box[1]], [box[0], box[3]], [box[2], box[3]]])
+    corners = corners @ affine[:2, :2].T + affine[:2, 2]
+    lo, hi = corners.min(0), corners.max(0)
+    return np.array([np.clip(lo[0], 0, fw), np.clip(lo[1], 0, fh), np.clip(hi[0], 0, fw),
+                     np.clip(hi[1], 0, fh)])
+
+
 @pytest.mark.parametrize('seed', [0, 1, 2])
 @pytest.mark.parametrize('cfg', AUGS)
 def test_image_aug_moves_pixels_as_it_moves_projections(cfg, seed):
     np.random.seed(seed)
     results, points = make_results()
+    boxes_before = results['gt_bboxes'].copy()
+    cam2img_before = [m.copy() for m in results['cam2img']]
     aug = TRANSFORMS.build(dict(type='StreamResizeCropFlipImage', **cfg))
     out = aug(results)
     fh, fw = cfg['final_dim']
     checked = 0
     for v, point in enumerate(points):
-        assert out['img'][v].shape == (fh, fw, 3)
+        assert out['img'][v].shape == (fh, fw, 3) and out['img'][v].dtype == np.float32
         assert out['img_shape'][v] == (fh, fw)
         uv, depth = project(out['lidar2img'][v], point)
         np.testing.assert_allclose(out['lidar2img'][v], out['cam2img'][v] @ out['lidar2cam'][v])
         if 8 <= uv[0] <= fw - 8 and 8 <= uv[1] <= fh - 8:  # the dot is whole in the output
             np.testing.assert_allclose(find_blob(out['img'][v]), uv, atol=0.25)
             checked += 1
-        # The 2D annotations follow the same affine; depth is not changed.
+        # The 2D annotations follow the same affine (centres clipped to the image); depth is
+        # not changed; a box is kept when at least 2 x 2 pixels of it stay in the image.
+        affine = (out['cam2img'][v] @ np.linalg.inv(cam2img_before[v]))[:3, :3]
+        box = mapped_box(boxes_before[v], affine, fh, fw)
         kept = np.flatnonzero(out['view_ids'] == v)
-        inside = 0 <= uv[0] < fw and 0 <= uv[1] < fh
-        assert len(kept) == int(inside)
-        if inside:
-            np.testing.assert_allclose(out['centers_2d'][kept[0]], uv, atol=1e-3)
+        assert len(kept) == int(box[2] - box[0] >= 2 and box[3] - box[1] >= 2)
+        if len(kept):
+            np.testing.assert_allclose(out['centers_2d'][kept[0]],
+                                       [np.clip(uv[0], 0, fw), np.clip(uv[1], 0, fh)], atol=1e-3)
             np.testing.assert_allclose(out['depths'][kept[0]], depth, rtol=1e-5)
-            box = out['gt_bboxes'][kept[0]]
-            assert 0 <= box[0] < box[2] <= fw and 0 <= box[1] < box[3] <= fh
+            np.testing.assert_allclose(out['gt_bboxes'][kept[0]], box, atol=1e-3)
             assert out['gt_bboxes_labels'][kept[0]] == v
     assert checked >= 3
+
+
+def official_draw(seed, h, w, fh, fw, resize_lim, bot_pct_lim, rot_lim, rand_flip):
+    """StreamPETR's `_sample_augmentation` in training, restated: the per-frame draws in order."""
+    rng = np.random.RandomState(seed)
+    resize = rng.uniform(*resize_lim)
+    new_w, new_h = int(w * resize), int(h * resize)
+    crop_y = int((1 - rng.uniform(*bot_pct_lim)) * new_h) - fh
+    crop_x = int(rng.uniform(0, max(0, new_w - fw)))
+    flip = bool(rand_flip and rng.choice([0, 1]))
+    angle = rng.uniform(*rot_lim)
+    return (new_w, new_h), (crop_x, crop_y), flip, angle
+
+
+@pytest.mark.parametrize('seed', range(8))
+def test_image_aug_draws_once_per_frame_for_all_views(seed):
+    """One draw per frame (StreamPETR's transform_3d.py:127): six identical views stay identical,
+    every view gets the same affine, and the draws are StreamPETR's for the same seed."""
+    lims = dict(resize_lim=(0.5, 0.9), bot_pct_lim=(0.0, 0.2), rot_lim=(0.0, 0.0),
+                rand_flip=True)
+    fh, fw = 96, 256
+    results, _ = make_results()
+    results['img'] = [draw_blob((H, W), (120.3 + 7 * seed, 80.6)) for _ in range(6)]
+    np.random.seed(seed)
+    out = TRANSFORMS.build(dict(type='StreamResizeCropFlipImage', final_dim=(fh, fw),
+                                **lims))(results)
+    for img in out['img'][1:]:
+        np.testing.assert_array_equal(img, out['img'][0])
+    (new_w, new_h), (cx, cy), flip, _ = official_draw(seed, H, W, fh, fw, **lims)
+    expected = np.eye(4)
+    expected[:2, :3] = [[new_w / W, 0, -cx], [0, new_h / H, -cy]]
+    if flip:
+        expected[0, :3] = [-new_w / W, 0, fw + cx]
+    for v, intr in enumerate(camera_rig()[1]):
+        np.testing.assert_allclose(out['cam2img'][v], expected @ intr, atol=1e-9)
+
+
+def test_image_aug_flips_about_half_the_frames_all_views_together():
+    flips = []
+    for seed in range(40):
+        np.random.seed(seed)
+        out = TRANSFORMS.build(dict(type='StreamResizeCropFlipImage', final_dim=(96, 256),
+                                    resize_lim=(0.7, 0.7)))(make_results()[0])
+        signs = {np.sign(m[0, 0]) for m in out['cam2img']}
+        assert len(signs) == 1
+        flips.append(signs.pop() < 0)
+    assert 10 <= sum(flips) <= 30
+
+
+def test_image_aug_refuses_views_of_different_sizes():
+    results, _ = make_results()
+    results['img'][3] = results['img'][3][:200]
+    aug = TRANSFORMS.build(dict(type='StreamResizeCropFlipImage', final_dim=(96, 256)))
+    with pytest.raises(ValueError, match="'tok-0'.*one augmentation per frame"):
+        aug(results)
+
+
+def pillow_bicubic(img, new_w, new_h):
+    """Pillow's BICUBIC resize restated: separable, Keys cubic (a = -0.5) with its support
+    widened by the downscale factor, weights normalised, rows first, rounded to 8 bits after
+    each pass."""
+    def cubic(x, a=-0.5):
+        x = np.abs(x)
+        return np.where(x < 1, ((a + 2) * x - (a + 3)) * x * x + 1,
+                        np.where(x < 2, (((x - 5) * x + 8) * x - 4) * a, 0.0))
+
+    def weights(n_in, n_out):
+        scale = n_in / n_out
+        width = max(scale, 1.0)
+        m = np.zeros((n_out, n_in))
+        for o in range(n_out):
+            c = (o + 0.5) * scale
+            lo, hi = max(int(c - 2 * width + 0.5), 0), min(int(c + 2 * width + 0.5), n_in)
+            w = cubic((np.arange(lo, hi) - c + 0.5) / width)
+            m[o, lo:hi] = w / w.sum()
+        return m
+
+    rows = np.clip(np.round(np.einsum('ow,hwc->hoc', weights(img.shape[1], new_w), img)), 0,
+                   255)
+    return np.clip(np.round(np.einsum('oh,hwc->owc', weights(img.shape[0], new_h), rows)), 0,
+                   255)
+
+
+def test_test_time_resize_is_pillows_default_bicubic():
+    """Test-time pixels: Pillow's resize filter (what StreamPETR's `img.resize(dims)` gets from
+    Pillow >= 7.0 by default), not OpenCV's INTER_AREA; centred bottom crop."""
+    from PIL import Image
+    rng = np.random.default_rng(0)
+    img = (np.cumsum(rng.integers(0, 256, (H, W, 3)), axis=1) % 256).astype(np.uint8)
+    results, _ = make_results()
+    results['img'] = [img.astype(np.float32)] * 6
+    out = TRANSFORMS.build(dict(type='StreamResizeCropFlipImage', final_dim=(96, 200),
+                                test_mode=True))(results)
+    # resize = max(96 / 225, 200 / 400) = 0.5: 200 x 112, crop the bottom 96 rows.
+    reference = pillow_bicubic(img.astype(np.float64), 200, 112)[16:]
+    diff = np.abs(out['img'][0] - reference)
+    assert diff.max() <= 1 and diff.mean() < 0.01  # Pillow's fixed-point rounding
+    default = np.asarray(Image.fromarray(img).resize((200, 112)), dtype=np.float32)[16:]
+    np.testing.assert_array_equal(out['img'][0], default)
+    area = cv2.resize(img, (200, 112), interpolation=cv2.INTER_AREA)[16:].astype(np.float32)
+    assert np.abs(area - reference).max() > 10
 
 
 def test_image_aug_test_mode_is_deterministic_and_bottom_centred():
@@ -140,28 +256,79 @@ def test_image_aug_test_mode_is_deterministic_and_bottom_centred():
     np.testing.assert_allclose(first['cam2img'][0], expected @ camera_rig()[1][0])
 
 
-def test_image_aug_drops_boxes_that_leave_the_image():
+def one_view_boxes(boxes, centers, depths):
     results, _ = make_results(num_views=1)
+    results['gt_bboxes'] = np.array(boxes, dtype=np.float32)
+    results['centers_2d'] = np.array(centers, dtype=np.float32)
+    results['depths'] = np.array(depths, dtype=np.float32)
+    results['gt_bboxes_labels'] = np.arange(1, len(boxes) + 1)
+    results['view_ids'] = np.zeros(len(boxes), dtype=np.int64)
+    return results
+
+
+def test_image_aug_clips_centres_and_drops_boxes_under_two_pixels():
     # Test mode on 225x400 -> 96x256: x' = 0.64 x, y' = 0.64 y - 48 (bottom crop of 144 rows).
-    results['gt_bboxes'] = np.array([[10, 10, 50, 40],  # centre leaves above
-                                     [100, 100, 200, 180],  # inside
-                                     [300, 60, 399, 90],  # centre inside, box clipped
-                                     [150, 150, 151, 151]],  # under a pixel wide
-                                    dtype=np.float32)
-    results['centers_2d'] = np.array([[30, 25], [150, 140], [350, 80], [150.5, 150.5]],
-                                     dtype=np.float32)
-    results['depths'] = np.array([5.0, 6.0, 7.0, 8.0], dtype=np.float32)
-    results['gt_bboxes_labels'] = np.array([1, 2, 3, 4])
-    results['view_ids'] = np.zeros(4, dtype=np.int64)
+    results = one_view_boxes(
+        [[10, 10, 50, 40],       # leaves above: 0 rows left
+         [100, 100, 200, 180],   # inside
+         [300, 60, 399, 90],     # clipped at the top, 9.6 rows left; centre inside
+         [0, 100, 40, 120],      # centre left of the image: clipped to x = 0, box kept
+         [150, 150, 153, 160],   # 1.92 pixels wide
+         [150, 60, 160, 78.90625]],  # 2.5 rows left after clipping
+        [[30, 25], [150, 140], [350, 80], [-10, 110], [151.5, 155], [155, 80]],
+        [5.0, 6.0, 7.0, 8.0, 9.0, 10.0])
     aug = TRANSFORMS.build(dict(type='StreamResizeCropFlipImage', final_dim=(96, 256),
                                 test_mode=True))
     out = aug(results)
-    np.testing.assert_array_equal(out['gt_bboxes_labels'], [2, 3])
-    np.testing.assert_allclose(out['gt_bboxes'], [[64, 16, 128, 67.2], [192, 0, 255.36, 9.6]],
+    np.testing.assert_array_equal(out['gt_bboxes_labels'], [2, 3, 4, 6])
+    np.testing.assert_allclose(out['gt_bboxes'], [[64, 16, 128, 67.2], [192, 0, 255.36, 9.6],
+                                                  [0, 16, 25.6, 28.8], [96, 0, 102.4, 2.5]],
                                atol=1e-4)
-    np.testing.assert_allclose(out['centers_2d'], [[96, 41.6], [224, 3.2]], atol=1e-4)
-    np.testing.assert_allclose(out['depths'], [6.0, 7.0])
-    np.testing.assert_array_equal(out['view_ids'], [0, 0])
+    np.testing.assert_allclose(out['centers_2d'], [[96, 41.6], [224, 3.2], [0, 22.4],
+                                                   [99.2, 3.2]], atol=1e-4)
+    np.testing.assert_allclose(out['depths'], [6.0, 7.0, 8.0, 10.0])
+    np.testing.assert_array_equal(out['view_ids'], [0, 0, 0, 0])
+
+
+def test_image_aug_drops_boxes_hidden_behind_nearer_ones():
+    # Test mode at scale 1 (final_dim = source size, no crop): boxes stay where they are.
+    results = one_view_boxes(
+        [[100, 50, 140, 90],     # far, wholly behind box 2: dropped
+         [90, 40, 150, 100],     # near
+         [140.5, 60, 170, 80],   # behind box 2 except pixel columns 150..169: kept
+         [10, 10, 30, 30],       # alone: kept
+         [10.5, 10.5, 12.5, 12.5],  # in front of box 4, whole pixels 11..12: kept
+         [90.2, 40, 149.8, 99.6]],  # farther than box 2 and inside it: dropped
+        [[120, 70], [120, 70], [155, 70], [20, 20], [11.5, 11.5], [120, 70]],
+        [40.0, 10.0, 20.0, 30.0, 5.0, 12.0])
+    aug = TRANSFORMS.build(dict(type='StreamResizeCropFlipImage', final_dim=(H, W),
+                                test_mode=True))
+    out = aug(results)
+    np.testing.assert_array_equal(out['gt_bboxes_labels'], [2, 3, 4, 5])
+    off = TRANSFORMS.build(dict(type='StreamResizeCropFlipImage', final_dim=(H, W),
+                                test_mode=True, filter_occluded=False))
+    assert len(off(one_view_boxes(results['gt_bboxes'][:1].tolist() * 2, [[0, 0]] * 2,
+                                  [1.0, 1.0]))['gt_bboxes']) == 2
+
+
+@pytest.mark.parametrize('seed', range(5))
+def test_visible_boxes_match_a_per_pixel_depth_test(seed):
+    """Against an independent z-buffer: a pixel belongs to the nearest box covering it (of equal
+    depths, the later one); a box is visible when it owns a pixel."""
+    rng = np.random.default_rng(seed)
+    shape = (40, 60)
+    xy = rng.uniform(0, 55, (25, 2)) * [1, 35 / 55]
+    boxes = np.concatenate([xy, xy + rng.uniform(0.5, 20, (25, 2))], 1)
+    depths = rng.choice([5.0, 10.0, 15.0, 20.0, 30.0], 25)
+    ys, xs = np.mgrid[0:shape[0], 0:shape[1]]
+    covers = ((np.ceil(boxes[:, 0, None, None]) <= xs) & (xs < np.floor(boxes[:, 2, None, None]))
+              & (np.ceil(boxes[:, 1, None, None]) <= ys)
+              & (ys < np.floor(boxes[:, 3, None, None])))
+    key = np.where(covers, -depths[:, None, None] * 100 + np.arange(25)[:, None, None], -np.inf)
+    winner = key.argmax(0)[covers.any(0)]
+    expected = np.unique(winner)
+    np.testing.assert_array_equal(visible_boxes(boxes, depths, shape), expected)
+    assert 0 < len(expected) < 25
 
 
 @pytest.mark.parametrize('seed', [0, 1, 2, 3])

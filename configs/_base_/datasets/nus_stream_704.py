@@ -34,6 +34,10 @@ test_pipeline = [
     dict(type='StreamPack3DDetInputs', keys=['img']),
 ]
 
+# Streaming video training as StreamPETR's (seq_mode=True, queue_length=1, num_frame_losses=1):
+# one frame per batch slot and step, each slot walking its sequences in time order; every scene
+# is cut into seq_split_num=2 sequences with a memory reset at each start. Testing streams each
+# scene whole.
 train_dataloader = dict(
     batch_size=2,
     num_workers=4,
@@ -49,6 +53,8 @@ train_dataloader = dict(
         metainfo=metainfo,
         modality=input_modality,
         test_mode=False,
+        seq_split_num=2,
+        use_valid_flag=False,
         box_type_3d='LiDAR',
         backend_args=backend_args))
 val_dataloader = dict(

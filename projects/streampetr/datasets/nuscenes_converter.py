@@ -178,7 +178,11 @@ def _instances(nusc: NuScenes, sample: dict, lidar_boxes: list,
 
 
 def _cam_instances(image: dict, lidar_boxes: list) -> list:
-    """2D boxes of the labelled boxes whose centre projects into this camera's image."""
+    """2D boxes of the labelled boxes seen by this camera, selected as StreamPETR's converter
+    does: the part of the box in front of the camera, projected and cut to the image, at least
+    1 pixel wide and high, with the box centre in front of the camera. The centre's projection
+    (``center_2d``) may lie outside the image (a box cut by the image border); the image
+    augmentation clips it."""
     lidar2cam = np.asarray(image['lidar2cam'])
     cam2img = np.asarray(image['cam2img'])
     width, height = image['width'], image['height']
@@ -187,13 +191,14 @@ def _cam_instances(image: dict, lidar_boxes: list) -> list:
         if box.name not in CATEGORY_TO_CLASS:
             continue
         center = lidar2cam[:3, :3] @ box.center + lidar2cam[:3, 3]
-        if center[2] < NEAR_PLANE:
-            continue
-        u, v = view_points(center[:, None], cam2img, normalize=True)[:2, 0]
-        if not (0 <= u < width and 0 <= v < height):
+        if center[2] <= 0:
             continue
         corners = lidar2cam[:3, :3] @ box.corners() + lidar2cam[:3, 3:4]
-        bbox = clipped_hull_bbox(box_to_image_points(corners, cam2img), width, height)
+        points = box_to_image_points(corners, cam2img)
+        bbox = None if points is None else clipped_hull_bbox(points, width, height)
+        if bbox is None or bbox[2] - bbox[0] < 1 or bbox[3] - bbox[1] < 1:
+            continue
+        u, v = view_points(center[:, None], cam2img, normalize=True)[:2, 0]
         out.append(dict(bbox=bbox,
                         bbox_label=CLASSES.index(CATEGORY_TO_CLASS[box.name]),
                         center_2d=[float(u), float(v)],

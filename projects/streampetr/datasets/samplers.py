@@ -8,13 +8,18 @@ from mmengine.registry import DATA_SAMPLERS
 from torch.utils.data import Sampler
 
 
-def scene_order(dataset):
-    """Indices grouped by scene, scenes in order of first appearance, samples in dataset order
-    (the info files are sorted by scene then timestamp)."""
-    scenes = {}
+def sequence_order(dataset):
+    """Indices grouped into sequences, in dataset order (the info files are sorted by scene then
+    timestamp): a sequence starts where the scene changes or ``prev_exists`` is False, the rule
+    by which the model resets its memory (a scene, or a part of it with ``seq_split_num``)."""
+    sequences, last_scene = [], None
     for idx in range(len(dataset)):
-        scenes.setdefault(dataset.get_data_info(idx)['scene_token'], []).append(idx)
-    return list(scenes.values())
+        info = dataset.get_data_info(idx)
+        if info['scene_token'] != last_scene or not info['prev_exists']:
+            sequences.append([])
+        sequences[-1].append(idx)
+        last_scene = info['scene_token']
+    return sequences
 
 
 def _resolve_rank(rank, world_size):
@@ -29,14 +34,16 @@ def _resolve_rank(rank, world_size):
 class StreamBatchSampler(Sampler):
     """Training batches of ``batch_size`` streams: batch t is ``[stream_0[t], ...]``.
 
-    Every epoch the scenes are shuffled (seed + epoch, the same on every rank) and concatenated;
+    Every epoch the sequences (``sequence_order``: scenes, or their parts when the dataset splits
+    them) are shuffled (seed + epoch, the same on every rank) and concatenated;
     that sequence is cut into ``world_size * batch_size`` windows of the same length
     ``ceil(len(dataset) / streams)``, consecutive and covering it (neighbouring windows overlap by
     at most one sample, only when the division is not exact). Rank r takes the windows
     ``[r * batch_size, (r + 1) * batch_size)``, so all ranks run the same number of steps with
-    full batches, each batch position walks its scenes in time order and moves on to the next
-    scene when one ends, and every sample is seen once per epoch (plus those overlaps). A window
-    may start or end inside a scene: the model resets a memory slot whenever the scene changes.
+    full batches, each batch position walks its sequences in time order and moves on to the next
+    when one ends, and every sample is seen once per epoch (plus those overlaps). A window may
+    start or end inside a sequence: the model resets a memory slot whenever the scene changes,
+    ``prev_exists`` is False or the time step is not plausible.
 
     Built by mmengine's Runner as ``batch_sampler=dict(type='StreamBatchSampler')`` next to
     ``sampler=dict(type='DefaultSampler')``, whose dataset, seed and epoch it uses (mmengine's
@@ -54,8 +61,8 @@ class StreamBatchSampler(Sampler):
         self.batch_size = batch_size
         self.shuffle = shuffle
         self.rank, self.world_size = _resolve_rank(rank, world_size)
-        self.scenes = scene_order(sampler.dataset)
-        self.num_samples = sum(len(s) for s in self.scenes)
+        self.sequences = sequence_order(sampler.dataset)
+        self.num_samples = sum(len(s) for s in self.sequences)
         self.num_streams = self.world_size * batch_size
         if self.num_samples < self.num_streams:
             raise ValueError(f'{self.num_samples} samples cannot fill {self.num_streams} streams '
@@ -67,11 +74,11 @@ class StreamBatchSampler(Sampler):
 
     def streams(self):
         """This rank's ``batch_size`` streams of this epoch, each a list of dataset indices."""
-        order = range(len(self.scenes))
+        order = range(len(self.sequences))
         if self.shuffle:
             order = np.random.default_rng(self.sampler.seed + self.sampler.epoch).permutation(
-                len(self.scenes))
-        sequence = [idx for i in order for idx in self.scenes[i]]
+                len(self.sequences))
+        sequence = [idx for i in order for idx in self.sequences[i]]
         # Windows of stream_len whose starts are spread evenly from 0 to the last possible one.
         last_start = self.num_samples - self.stream_len
         spread = max(self.num_streams - 1, 1)

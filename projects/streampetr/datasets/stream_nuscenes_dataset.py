@@ -1,5 +1,6 @@
 """nuScenes for streaming camera-only detection: mmdet3d's v2 parsing plus what the temporal
 memory needs (scene, time, pose) and the per-view 2D annotations of the auxiliary head."""
+import math
 from os import path as osp
 
 import numpy as np
@@ -21,8 +22,14 @@ class StreamNuScenesDataset(NuScenesDataset):
     ``ann_info`` gains the 2D boxes of all views concatenated (``gt_bboxes``,
     ``gt_bboxes_labels``, ``centers_2d``, ``depths``, ``view_ids`` = index of the view in
     ``images``). No sample is filtered out: a scene must stay contiguous for streaming. As in
-    StreamPETR, 3D boxes are kept when ``bbox_3d_isvalid`` (``use_valid_flag=True``); classes
-    mapped out keep label -1 for ``ObjectNameFilter`` to drop, as in mmdet3d.
+    StreamPETR's training set (``use_valid_flag=False``), 3D boxes are kept when some LiDAR
+    point hit them (``num_lidar_pts > 0``; ``use_valid_flag=True`` keeps LiDAR-or-radar ones);
+    classes mapped out keep label -1 for ``ObjectNameFilter`` to drop, as in mmdet3d.
+
+    ``seq_split_num`` (training only) cuts every scene into that many sequences of
+    ``ceil(n / seq_split_num)`` samples (the last one shorter), as StreamPETR's
+    ``seq_split_num=2``: ``prev_exists`` is False at the start of each, so the model resets its
+    memory there and the streaming sampler shuffles the sequences, not the scenes.
     """
 
     # No 'version' here: the info file's metainfo says which nuScenes split it was made from.
@@ -36,8 +43,15 @@ class StreamNuScenesDataset(NuScenesDataset):
                  modality=None,
                  load_type='frame_based',
                  filter_empty_gt=False,
-                 use_valid_flag=True,
+                 use_valid_flag=False,
+                 seq_split_num=1,
                  **kwargs):
+        if not isinstance(seq_split_num, int) or seq_split_num < 1:
+            raise ValueError(f'seq_split_num must be an integer >= 1, got {seq_split_num!r}')
+        if seq_split_num > 1 and kwargs.get('test_mode', False):
+            raise ValueError(f'seq_split_num={seq_split_num} is for training: testing streams '
+                             f'each scene whole (set seq_split_num=1 with test_mode=True)')
+        self.seq_split_num = seq_split_num
         if filter_empty_gt:
             raise ValueError('StreamNuScenesDataset needs filter_empty_gt=False: dropping empty '
                              'samples would break the scenes that streaming walks in order')
@@ -68,7 +82,23 @@ class StreamNuScenesDataset(NuScenesDataset):
         if 'version' not in self._metainfo:
             raise KeyError(f"the metainfo of {self.ann_file!r} has no 'version' (e.g. "
                            f"'v1.0-trainval'); pass metainfo=dict(version=...) or remake it")
+        if self.seq_split_num > 1:
+            self._split_scenes(data_list)
         return data_list
+
+    def _split_scenes(self, data_list):
+        """Mark the first sample of each of the parts every scene is cut into as having no
+        previous sample (the infos are sorted by scene, then time)."""
+        start = 0
+        while start < len(data_list):
+            scene = data_list[start]['scene_token']
+            end = start
+            while end < len(data_list) and data_list[end]['scene_token'] == scene:
+                end += 1
+            step = math.ceil((end - start) / self.seq_split_num)
+            for idx in range(start, end, step):
+                data_list[idx]['prev_exists'] = False
+            start = end
 
     def parse_data_info(self, info):
         missing = [k for k in STREAM_KEYS if k not in info]
