@@ -66,6 +66,9 @@ def random_official_state_dict(seed=0):
     return sd
 
 
+CLASSES = load_config(DENSE).class_names
+
+
 @pytest.fixture(scope='module')
 def dense_model():
     init_default_scope('mmdet3d')
@@ -88,9 +91,21 @@ def test_manifest_has_the_official_entries_and_parameter_counts():
     assert sum(counts.values()) == 37257929
 
 
+def test_2d_class_channels_follow_the_config_order(dense_model):
+    """The official 2D labels are indices into its converter's category tuple; the port's are
+    indices into the config's classes: channel 'barrier' (official 9, config 5) must move."""
+    official = random_official_state_dict()
+    state = convert_state_dict(official, dense_model, CLASSES)
+    w, b = official['img_roi_head.cls.weight'], official['img_roi_head.cls.bias']
+    assert CLASSES[5] == 'barrier' and CLASSES[2] == 'construction_vehicle'
+    assert torch.equal(state['img_roi_head.cls.weight'][5], w[9])
+    assert torch.equal(state['img_roi_head.cls.bias'][2], b[4])
+    assert torch.equal(state['img_roi_head.cls.weight'][0], w[0])  # car is first in both
+
+
 def test_random_official_weights_convert_and_load_strictly(dense_model):
     official = random_official_state_dict()
-    state = convert_state_dict(official, dense_model)
+    state = convert_state_dict(official, dense_model, CLASSES)
     result = dense_model.load_state_dict(state, strict=True)
     assert not result.missing_keys and not result.unexpected_keys
     # Every official tensor lands somewhere, and q/k/v are the thirds of the packed in_proj.
@@ -144,7 +159,7 @@ def test_config_mismatch_and_unshared_branches_are_refused(dense_model):
     official[H + 'pc_range'] = torch.tensor([-54.0, -54.0, -5.0, 54.0, 54.0, 3.0])
     official[H + 'cls_branches.3.6.bias'] = torch.zeros(10)
     with pytest.raises(ValueError) as err:
-        convert_state_dict(official, dense_model)
+        convert_state_dict(official, dense_model, CLASSES)
     assert 'pts_bbox_head.pc_range is [-54.0' in str(err.value)
     assert 'pts_bbox_head.cls_branches.3.6.bias differs from pts_bbox_head.cls_branches.0.6.bias' \
         in str(err.value)
@@ -329,7 +344,7 @@ def _pose(yaw, tx, ty):
 
 def test_converted_head_gives_the_official_outputs_over_three_frames(dense_model):
     official = random_official_state_dict(seed=1)
-    dense_model.load_state_dict(convert_state_dict(official, dense_model), strict=True)
+    dense_model.load_state_dict(convert_state_dict(official, dense_model, CLASSES), strict=True)
     head = dense_model.pts_bbox_head.double().eval()
     head.reset_memory()
     reference = OfficialHead(official)

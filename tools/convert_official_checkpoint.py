@@ -58,7 +58,7 @@ def main(argv=None):
         official = _read_state_dict(args.official)
         init_default_scope('mmdet3d')
         model = MODELS.build(cfg.model)
-        state = convert_state_dict(official, model)
+        state = convert_state_dict(official, model, cfg.class_names)
     except (ValueError, OfficialCheckpointError) as e:
         print(f'error: {args.official} is not an official StreamPETR checkpoint for '
               f'{args.config}: {e}', file=sys.stderr)

@@ -2,7 +2,7 @@
 port. Only names change, plus the split of each attention's packed q/k/v projection; every
 weight keeps its values and layout (docs/official-checkpoint.md lists the mapping)."""
 import re
-from typing import Dict, Iterable, List, Optional, Tuple
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -16,6 +16,13 @@ OFFICIAL_CONSTANTS = {
     'pts_bbox_head.position_range': 'pts_bbox_head.position_range',
     'pts_bbox_head.coords_d': 'pts_bbox_head.coords_d',
 }
+
+# The official converter labels 2D boxes by this tuple's order (tools/data_converter/
+# nuscenes_converter.py: category_id = nus_categories.index(name)), not by the config's classes,
+# so the 2D head's class channels are permuted into the config's order.
+OFFICIAL_2D_CLASSES = ('car', 'truck', 'trailer', 'bus', 'construction_vehicle', 'bicycle',
+                       'motorcycle', 'pedestrian', 'traffic_cone', 'barrier')
+_2D_CLASS_KEYS = ('img_roi_head.cls.weight', 'img_roi_head.cls.bias')
 
 _LAYER = r'^pts_bbox_head\.decoder\.layers\.(\d+)\.'
 _OFFICIAL_LAYER = 'pts_bbox_head.transformer.decoder.layers.{}.'
@@ -61,11 +68,12 @@ def _names(keys: Iterable[str], limit: int = 8) -> str:
     return ', '.join(keys[:limit]) + more
 
 
-def convert_state_dict(official: Dict[str, torch.Tensor],
-                       model: torch.nn.Module) -> Dict[str, torch.Tensor]:
+def convert_state_dict(official: Dict[str, torch.Tensor], model: torch.nn.Module,
+                       class_names: Sequence[str]) -> Dict[str, torch.Tensor]:
     """official: the official model's state dict; model: the port model built from the config
-    the weights are for. Returns the port state dict; raises OfficialCheckpointError naming what
-    is missing, unexpected, of another shape or disagrees with the config."""
+    the weights are for; class_names: that config's classes, in order. Returns the port state
+    dict; raises OfficialCheckpointError naming what is missing, unexpected, of another shape or
+    disagrees with the config."""
     target = model.state_dict(keep_vars=True)  # keep_vars: shared tensors keep one identity
     sources = {k: official_source(k) for k in target}
     needed = {src for src, _ in sources.values()}
@@ -88,6 +96,7 @@ def convert_state_dict(official: Dict[str, torch.Tensor],
             problems.append(f'{src}{"" if part is None else f"[{part}/3]"} has shape '
                             f'{tuple(value.shape)}, the config wants {tuple(target[key].shape)}')
         out[key] = value.clone()
+    problems += _permute_2d_classes(out, class_names)
     for off_key, port_key in OFFICIAL_CONSTANTS.items():
         ours = model.get_buffer(port_key)
         if off_key in official and not _same(official[off_key], ours):
@@ -97,6 +106,18 @@ def convert_state_dict(official: Dict[str, torch.Tensor],
     if problems:
         raise OfficialCheckpointError('; '.join(problems[:8]))
     return out
+
+
+def _permute_2d_classes(out, class_names) -> List[str]:
+    unknown = [c for c in class_names if c not in OFFICIAL_2D_CLASSES]
+    if unknown:
+        return [f'classes {unknown} have no channel in the official 2D head '
+                f'(it knows {list(OFFICIAL_2D_CLASSES)})']
+    order = torch.tensor([OFFICIAL_2D_CLASSES.index(c) for c in class_names])
+    for key in _2D_CLASS_KEYS:
+        if key in out and out[key].shape[0] == len(OFFICIAL_2D_CLASSES):
+            out[key] = out[key][order].clone()
+    return []
 
 
 def _same(a: torch.Tensor, b: torch.Tensor) -> bool:
