@@ -320,3 +320,19 @@ def test_focal_head_boxes_and_centerness_targets():
             inside = max(abs(dx), abs(dy)) <= 1
             want = np.exp(-(dx * dx + dy * dy) / (2 * sigma**2)) if inside else 0
             assert abs(heat[y, x] - want) < 1e-6
+
+
+def test_under_autocast_only_backbone_and_neck_run_in_low_precision(cfg, model):
+    """As published (auto_fp16(out_fp32=True) on extract_feat): the heads compute in fp32."""
+    h, w = cfg.img_size
+    data = model.data_preprocessor(
+        batch_of([add_fake_ground_truth(fake_frame(h, w, i)) for i in range(2)]), True)
+    dtypes = {}
+    for name, module in (('backbone', model.img_backbone.layer1[0].conv1),
+                         ('head', model.pts_bbox_head.position_encoder[0]),
+                         ('roi', model.img_roi_head.cls)):
+        module.register_forward_hook(lambda m, i, o, name=name: dtypes.__setitem__(name, o.dtype))
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        losses = model(**data, mode='loss')
+    assert dtypes == {'backbone': torch.bfloat16, 'head': torch.float32, 'roi': torch.float32}
+    assert all(v.dtype == torch.float32 for v in losses.values() if torch.is_tensor(v))

@@ -36,7 +36,14 @@ class StreamPETR(Base3DDetector):
         if self.grid_mask is not None:
             imgs = self.grid_mask(imgs)  # a no-op unless training
         feats = self.img_neck(self.img_backbone(imgs))[0]
-        return feats.view(b, n, *feats.shape[1:])
+        # float(): the heads run in fp32 (see `_heads_fp32`), whatever autocast gave the neck.
+        return feats.float().view(b, n, *feats.shape[1:])
+
+    @staticmethod
+    def _heads_fp32(feats: torch.Tensor):
+        """The published model autocasts only backbone and neck (`auto_fp16(out_fp32=True)` on
+        its extract_feat); under `--amp` the heads stay in fp32 as they were trained."""
+        return torch.autocast(feats.device.type, enabled=False)
 
     def _frame(self, imgs, data_samples) -> Dict:
         """Camera geometry and the memory bookkeeping of this step, as tensors."""
@@ -88,19 +95,22 @@ class StreamPETR(Base3DDetector):
         gt_3d = [ds.gt_instances_3d for ds in batch_data_samples]
         gt_bboxes = [boxes_to_targets(g.bboxes_3d).to(imgs.device) for g in gt_3d]
         gt_labels = [g.labels_3d.to(imgs.device) for g in gt_3d]
-        losses = self.pts_bbox_head.loss(feats, frame, gt_bboxes, gt_labels)
-        if self.img_roi_head is not None:
-            gt_2d = [ds.gt_instances.to(imgs.device) for ds in batch_data_samples]
-            losses.update(self.img_roi_head.loss(feats, gt_2d, frame['pad_shape']))
+        with self._heads_fp32(feats):
+            losses = self.pts_bbox_head.loss(feats, frame, gt_bboxes, gt_labels)
+            if self.img_roi_head is not None:
+                gt_2d = [ds.gt_instances.to(imgs.device) for ds in batch_data_samples]
+                losses.update(self.img_roi_head.loss(feats, gt_2d, frame['pad_shape']))
         return losses
 
     def predict(self, batch_inputs_dict: dict, batch_data_samples: List) -> List:
         imgs = batch_inputs_dict['imgs']
         feats = self.extract_feat(imgs)
-        results = self.pts_bbox_head.predict(feats, self._frame(imgs, batch_data_samples))
+        with self._heads_fp32(feats):
+            results = self.pts_bbox_head.predict(feats, self._frame(imgs, batch_data_samples))
         return self.add_pred_to_datasample(batch_data_samples, results)
 
     def _forward(self, batch_inputs_dict: dict, batch_data_samples: List):
         imgs = batch_inputs_dict['imgs']
         feats = self.extract_feat(imgs)
-        return self.pts_bbox_head(feats, self._frame(imgs, batch_data_samples))[:2]
+        with self._heads_fp32(feats):
+            return self.pts_bbox_head(feats, self._frame(imgs, batch_data_samples))[:2]
