@@ -7,12 +7,17 @@ Exit status: 0 solved, 1 the budget is infeasible (the solution file still recor
 smallest latency reachable), 2 bad input (problem file or options), 3 the solver failed.
 """
 import argparse
+import os.path as osp
 import sys
+from pathlib import Path
 
-from mmengine.config import DictAction
-from mmengine.logging import MMLogger, print_log
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's mmdp, projects
 
-from mmdp.solvers import Problem, ProblemError, SolverError, build_solver
+from mmengine.config import DictAction  # noqa: E402
+from mmengine.logging import MMLogger, print_log  # noqa: E402
+
+from mmdp.cli import check_writable, entry  # noqa: E402
+from mmdp.solvers import Problem, ProblemError, SolverError, build_solver  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -29,6 +34,7 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    check_writable(osp.dirname(osp.abspath(args.out)), '--out folder')
     logger = MMLogger.get_instance('mmdp-solve', log_level='INFO')
     options = dict(args.options)
     if args.time_limit is not None:
@@ -61,4 +67,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == '__main__':
-    sys.exit(main())
+    entry(__file__, main)
