@@ -11,6 +11,7 @@
 - `check_loadable` compares a checkpoint with a model before loading it, so that a checkpoint of
   another structure fails by name instead of loading as size-mismatch warnings.
 """
+import glob
 import os
 import os.path as osp
 from typing import Optional
@@ -46,6 +47,10 @@ class AtomicLocalBackend(LocalBackend):
     """mmengine's local backend whose writes replace the target only once complete."""
 
     def put(self, obj: bytes, filepath) -> None:
+        # What a run killed while writing this file left behind (only rank 0 writes it).
+        folder, name = osp.split(osp.abspath(filepath))
+        for stale in glob.glob(osp.join(glob.escape(folder), f'.{glob.escape(name)}*.tmp')):
+            os.unlink(stale)
         atomic_write(filepath, lambda tmp: _write_bytes(tmp, obj))
 
     def put_text(self, obj: str, filepath, encoding: str = 'utf-8') -> None:
