@@ -198,3 +198,22 @@ def check_info_files(cfg: Config, splits, evaluators: bool = True) -> None:
         if head != b'\x80' or tail != b'.':
             raise ConfigError(f'{key}: {path} is truncated or not a pickle; make it again with '
                               'tools/create_data.py')
+
+
+def set_cpu_distributed(cfg) -> None:
+    """Distributed training or testing without CUDA (gloo): mmengine's init_dist calls
+    torch.cuda.set_device and its DDP wrapper passes device_ids, which a CPU module refuses."""
+    import torch
+
+    if cfg.launcher == 'none' or torch.cuda.is_available():
+        return
+    if cfg.launcher != 'pytorch':
+        raise ConfigError(f'--launcher {cfg.launcher} without CUDA: only --launcher pytorch '
+                          '(tools/dist_train.sh, tools/dist_test.sh) runs on CPUs')
+    cfg.env_cfg.setdefault('dist_cfg', {})['backend'] = 'gloo'
+    if not torch.distributed.is_initialized():  # the Runner then skips its own set-up
+        torch.distributed.init_process_group('gloo')
+    wrapper = cfg.get('model_wrapper_cfg') or dict(
+        type='MMDistributedDataParallel', broadcast_buffers=False,
+        find_unused_parameters=cfg.get('find_unused_parameters', False))
+    cfg.model_wrapper_cfg = dict(wrapper, device_ids=None)

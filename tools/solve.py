@@ -35,7 +35,7 @@ def parse_args(argv=None):
 def main(argv=None) -> int:
     args = parse_args(argv)
     check_writable(osp.dirname(osp.abspath(args.out)), '--out folder')
-    logger = MMLogger.get_instance('mmdp-solve', log_level='INFO')
+    MMLogger.get_instance('mmdp-solve', log_level='INFO')
     options = dict(args.options)
     if args.time_limit is not None:
         options['time_limit'] = args.time_limit
@@ -45,23 +45,23 @@ def main(argv=None) -> int:
         problem = Problem.load(args.problem)
         solver = build_solver(args.solver, **options)
     except (ProblemError, KeyError, TypeError, ValueError) as e:
-        logger.error(e.args[0] if isinstance(e, KeyError) else str(e))
+        print(f'error: {e.args[0] if isinstance(e, KeyError) else e}', file=sys.stderr)
         return 2
     print_log(f'{args.problem}: {problem!r}, solver {args.solver} {options or ""}',
               logger='current')
     try:
         solution = solver.solve(problem)
     except (ProblemError, ValueError) as e:
-        logger.error(str(e))
+        print(f'error: {e}', file=sys.stderr)
         return 2
     except SolverError as e:
-        logger.error(str(e))
+        print(f'error: {e}', file=sys.stderr)
         return 3
     solution.save(args.out)
     print_log(f'wrote {args.out}', logger='current')
     if solution.status == 'infeasible':
-        logger.error(f'infeasible: no choice fits the budget {problem.budget:.6g}; the smallest '
-                     f'latency reachable is {solution.latency:.6g}')
+        print(f'error: infeasible: no choice fits the budget {problem.budget:.6g}; the smallest '
+              f'latency reachable is {solution.latency:.6g}', file=sys.stderr)
         return 1
     return 0
 

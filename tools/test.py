@@ -12,7 +12,7 @@ from mmengine.runner import Runner  # noqa: E402
 
 from mmdp.checkpoint_compat import check_loadable  # noqa: E402
 from mmdp.cli import UsageError, entry  # noqa: E402
-from mmdp.config_utils import check_info_files, load_config  # noqa: E402
+from mmdp.config_utils import check_info_files, load_config, set_cpu_distributed  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -42,6 +42,7 @@ def main(argv=None):
         './work_dirs', osp.splitext(osp.basename(args.config))[0])
     check_info_files(cfg, ['test'])
     cfg.load_from = args.checkpoint
+    set_cpu_distributed(cfg)
     runner = Runner.from_cfg(cfg)
     if not args.allow_partial_load:
         model = runner.model.module if hasattr(runner.model, 'module') else runner.model

@@ -8,7 +8,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's mmdp, projects
 
-import torch  # noqa: E402
 from mmengine.config import DictAction  # noqa: E402
 from mmengine.logging import print_log  # noqa: E402
 from mmengine.registry import RUNNERS  # noqa: E402
@@ -16,7 +15,8 @@ from mmengine.runner import Runner  # noqa: E402
 
 from mmdp.checkpoint_compat import check_loadable, latest_checkpoint  # noqa: E402
 from mmdp.cli import UsageError, entry  # noqa: E402
-from mmdp.config_utils import check_info_files, load_config, scale_schedule  # noqa: E402
+from mmdp.config_utils import (check_info_files, load_config, scale_schedule,  # noqa: E402
+                               set_cpu_distributed)
 
 
 def parse_args(argv=None):
@@ -58,23 +58,6 @@ def set_resume(cfg, resume) -> None:
         return
     print_log(f'--resume: resuming from {found}', logger='current')
     cfg.resume, cfg.load_from = True, found
-
-
-def set_cpu_distributed(cfg) -> None:
-    """Distributed training without CUDA (gloo): mmengine's init_dist calls
-    torch.cuda.set_device and its DDP wrapper passes device_ids, which a CPU module refuses."""
-    if cfg.launcher == 'none' or torch.cuda.is_available():
-        return
-    if cfg.launcher != 'pytorch':
-        raise UsageError(f'--launcher {cfg.launcher} without CUDA: only --launcher pytorch '
-                         '(tools/dist_train.sh) runs on CPUs')
-    cfg.env_cfg.setdefault('dist_cfg', {})['backend'] = 'gloo'
-    if not torch.distributed.is_initialized():  # the Runner then skips its own set-up
-        torch.distributed.init_process_group('gloo')
-    wrapper = cfg.get('model_wrapper_cfg') or dict(
-        type='MMDistributedDataParallel', broadcast_buffers=False,
-        find_unused_parameters=cfg.get('find_unused_parameters', False))
-    cfg.model_wrapper_cfg = dict(wrapper, device_ids=None)
 
 
 def main(argv=None):
