@@ -359,3 +359,35 @@ def test_hook_settings_are_checked():
         PruningHook('t.json', 1.5, at_iter=2)
     with pytest.raises(ValueError, match='window'):
         SaliencyHook(end=0)
+
+
+def test_an_event_run_again_keeps_an_earlier_different_decision(tmp_path):
+    """A resumed run that reaches an event again: the same decision overwrites the files, a
+    different one moves the earlier files aside, numbered, never over each other."""
+    from types import SimpleNamespace
+
+    from mmengine.logging import MMLogger
+
+    runner = SimpleNamespace(logger=MMLogger.get_current_instance())
+    stem = str(tmp_path / 'event1_iter3')
+
+    def write(widths):
+        solution = Solution('optimal', 1.0, 2.0, widths, [], 0.0)
+        PruningHook._keep_aside_if_different(runner, stem, solution)
+        solution.save(f'{stem}_solution.json')
+        for kind in ('problem', 'summary'):
+            (tmp_path / f'event1_iter3_{kind}.json').write_text(json.dumps(widths))
+
+    write({'g': 8})
+    write({'g': 8})
+    assert sorted(os.listdir(tmp_path)) == [f'event1_iter3_{k}.json'
+                                            for k in ('problem', 'solution', 'summary')]
+    write({'g': 4})
+    write({'g': 2})
+    assert sorted(os.listdir(tmp_path)) == sorted(
+        [f'event1_iter3_{k}.json' for k in ('problem', 'solution', 'summary')]
+        + [f'event1_iter3_superseded{n}_{k}.json' for n in (1, 2)
+           for k in ('problem', 'solution', 'summary')])
+    assert Solution.load(f'{stem}_superseded1_solution.json').widths == {'g': 8}
+    assert Solution.load(f'{stem}_superseded2_solution.json').widths == {'g': 4}
+    assert Solution.load(f'{stem}_solution.json').widths == {'g': 2}

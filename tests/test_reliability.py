@@ -402,3 +402,81 @@ if __name__ == '__main__':
         print(f'wrote {DOC}')
     else:
         sys.exit('usage: python tests/test_reliability.py --write-doc')
+
+
+# ---------------------------------------------------------------------- beyond the table
+def test_the_suggested_profile_command_makes_the_table_the_run_needs(paths, capsys):
+    """A table of another input shape: the hook's message names a command that writes a new
+    table (not a resume of the mismatching one) at the run's input and step, and that table
+    passes the hook's checks."""
+    import shlex
+
+    from mmdp.cli import run
+    from mmdp.latency import LatencyTable
+    from mmdp.structure import derive_structure
+    from test_resume_kill import small_model
+
+    shape = (1, 3, 32, 64)
+    argv = expand((MDP, '@data', '@hook', f'latency_input_shape={shape}'), paths)
+    code = run(load_tool('train').main, argv)
+    err = capsys.readouterr().err
+    assert code == 2, err[-3000:]
+    command = shlex.split(err.split('`')[1])
+    assert command[:2] == ['python', 'tools/profile_latency.py']
+    out = command[command.index('--out') + 1]
+    assert out != paths['table'] and not osp.exists(out)
+    assert command[command.index('--step') + 1] == str(STEP)
+    assert f'then set custom_hooks.1.latency_table={out}' in err
+    # The command as given, with fewer timings to keep the test short.
+    load_tool('profile_latency').main(command[2:] + ['--repeats', '1', '--warmup', '0',
+                                                     '--samples', '3'])
+    table = LatencyTable.load(out, input_shape=shape, dtype='fp32', mode='eager')
+    table.check_structure(derive_structure(small_model(), shape))
+    assert table.meta['step'] == STEP
+
+
+def test_a_moved_export_folder_and_work_dir_still_load(paths, tmp_path):
+    from mmengine.config import Config
+
+    from mmdp.checkpoint_compat import latest_checkpoint
+
+    moved = str(tmp_path / 'moved_export')
+    shutil.copytree(paths['export'], moved)
+    cfg = Config.fromfile(osp.join(moved, 'pruned.py'))
+    assert cfg.load_from == osp.join(moved, 'pruned.pth')
+    assert '_base_' not in open(osp.join(moved, 'pruned.py')).read()
+    # mmengine's last_checkpoint holds an absolute path; the moved work dir is found anyway.
+    work = tmp_path / 'work'
+    work.mkdir()
+    shutil.copy(paths['masked_pth'], work / 'iter_3.pth')
+    (work / 'last_checkpoint').write_text('/somewhere/else/work/iter_3.pth')
+    assert latest_checkpoint(str(work)) == str(work / 'iter_3.pth')
+    (work / 'last_checkpoint').write_text('')  # killed while mmengine wrote it
+    shutil.copy(paths['masked_pth'], work / 'iter_12.pth')
+    assert latest_checkpoint(str(work)) == str(work / 'iter_12.pth')
+
+
+def test_validate_latency_writes_beside_its_table(tmp_path, monkeypatch):
+    config = tmp_path / 'resnet.py'
+    config.write_text("default_scope = 'mmdet'\n"
+                      "model = dict(type='ResNet', depth=18, out_indices=(2, 3))\n"
+                      'latency_input_shape = (1, 3, 32, 64)\n')
+    tables = tmp_path / 'tables'
+    table = str(tables / 'table.json')
+    load_tool('profile_latency').main([str(config), '--out', table, '--step', '256', '--repeats',
+                                       '1', '--warmup', '0', '--samples', '3', '--device', 'cpu'])
+    monkeypatch.chdir(tmp_path)
+    load_tool('validate_latency').main([str(config), '--table', table, '-n', '2', '--repeats',
+                                        '1', '--warmup', '0', '--device', 'cpu'])
+    assert sorted(os.listdir(tables)) == ['latency_validation.json', 'latency_validation.png',
+                                          'table.json']
+    assert sorted(os.listdir(tmp_path)) == ['resnet.py', 'tables']
+
+
+def test_allow_partial_load_loads_a_mismatching_checkpoint_on_purpose(paths, capsys):
+    from mmdp.cli import run
+
+    code = run(load_tool('benchmark').main, [SMALL, paths['pruned_pth'], '--fake-data',
+                                             '--samples', '1', '--warmup', '0',
+                                             '--allow-partial-load'])
+    assert code == 0, capsys.readouterr().err[-3000:]
