@@ -45,35 +45,6 @@ def _check_key(cfg, full_key: str):
         walked.append(part)
 
 
-def _leaves(node, prefix=''):
-    """(dotted key, value) of every non-container value of a config dict."""
-    items = (node.items() if isinstance(node, dict)
-             else enumerate(node) if isinstance(node, (list, tuple)) else None)
-    if items is None:
-        yield prefix, node
-        return
-    for key, value in items:
-        yield from _leaves(value, f'{prefix}.{key}' if prefix else str(key))
-
-
-def _uses_of(cfg_dict: dict, key: str) -> list:
-    """The keys that hold the value of top-level `key`, or a string built from it: where the
-    config interpolated it when it was read."""
-    value = cfg_dict[key]
-    if value is None or isinstance(value, (bool, dict)):
-        return []
-    if isinstance(value, (list, tuple)):
-        return [k for k, v in _nodes(cfg_dict) if k != key and v == value]
-    uses = []
-    for other, leaf in _leaves({k: v for k, v in cfg_dict.items() if k != key}):
-        if isinstance(leaf, bool) or leaf is None:
-            continue
-        if leaf == value or (isinstance(value, str) and len(value) > 1
-                             and isinstance(leaf, str) and value in leaf):
-            uses.append(other)
-    return uses
-
-
 def _nodes(node, prefix=''):
     """(dotted key, value) of every value of a config, containers included."""
     if isinstance(node, dict):
@@ -86,6 +57,22 @@ def _nodes(node, prefix=''):
         name = f'{prefix}.{key}' if prefix else str(key)
         yield name, value
         yield from _nodes(value, name)
+
+
+def _uses_of(cfg_dict: dict, key: str) -> list:
+    """The keys that hold the value of top-level `key`, or a string built from it: where the
+    config interpolated it when it was read."""
+    value = cfg_dict[key]
+    if value is None or isinstance(value, (bool, dict)):
+        return []
+    uses = []
+    for other, held in _nodes({k: v for k, v in cfg_dict.items() if k != key}):
+        if held is None or isinstance(held, (bool, dict)):
+            continue
+        if held == value or (isinstance(value, str) and len(value) > 1
+                             and isinstance(held, str) and value in held):
+            uses.append(other)
+    return uses
 
 
 def _check_interpolated(cfg_dict: dict, key: str) -> None:
