@@ -109,7 +109,7 @@ def _check_type(cfg_dict: dict, key: str, new) -> None:
         return
     wanted = (bool,) if isinstance(old, bool) else (int,) if isinstance(old, int) else (int, float)
     if not isinstance(new, wanted) or (isinstance(new, bool) and wanted != (bool,)):
-        name = 'true/false' if wanted == (bool,) else 'an integer' if wanted == (int,) else 'a number'
+        name = {(bool,): 'true/false', (int,): 'an integer'}.get(wanted, 'a number')
         raise ConfigError(f"--cfg-options {key}={new!r}: {key} must be {name} "
                           f'(the config has {old!r})')
 

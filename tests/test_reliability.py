@@ -362,11 +362,15 @@ DOC_TAIL = '''
 checkpoint, checkpoints every 2 iterations, the event before iteration 3) with SIGKILL and resumes
 it with `--resume` each time:
 
-| killed | what `--resume` does |
-| --- | --- |
-| after iteration 1, before any checkpoint | no checkpoint to resume from: starts from `load_from` and says so (the same first loss as the killed run) |
-| half-way through writing `iter_4.pth`, after the event | `iter_4.pth` was never there (checkpoints are written to a temporary file and renamed); resumes `iter_2.pth`, runs the event again; the first decision's files stay (under their names when the decision is the same, else kept aside as `event1_iter3_superseded1_*.json`); the next save of `iter_4.pth` removes the half-written temporary |
-| after iteration 4 (`iter_4.pth` written) | resumes `iter_4.pth` with the pruned structure, no new event files |
+- killed after iteration 1, before any checkpoint: no checkpoint to resume from, so the run
+  starts from `load_from` and says so (its first loss is the killed run's first loss);
+- killed half-way through writing `iter_4.pth`, after the event: `iter_4.pth` was never there
+  (checkpoints are written to a temporary file and renamed); the run resumes `iter_2.pth` and
+  runs the event again; the first decision's files stay (under their names when the decision is
+  the same, else kept aside as `event1_iter3_superseded1_*.json`); the next save of `iter_4.pth`
+  removes the half-written temporary;
+- killed after iteration 4 (`iter_4.pth` written): the run resumes `iter_4.pth` with the pruned
+  structure and writes no new event files.
 
 `tests/test_distributed.py` trains the same config with `bash tools/dist_train.sh CONFIG 2` on the
 CPU (gloo) through its pruning event; the hook checks that both ranks hold the same masks and

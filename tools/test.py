@@ -8,6 +8,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's mmdp, projects
 
 from mmengine.config import DictAction  # noqa: E402
+from mmengine.model import is_model_wrapper  # noqa: E402
 from mmengine.runner import Runner  # noqa: E402
 
 from mmdp.checkpoint_compat import check_loadable  # noqa: E402
@@ -45,7 +46,7 @@ def main(argv=None):
     set_cpu_distributed(cfg)
     runner = Runner.from_cfg(cfg)
     if not args.allow_partial_load:
-        model = runner.model.module if hasattr(runner.model, 'module') else runner.model
+        model = runner.model.module if is_model_wrapper(runner.model) else runner.model
         check_loadable(model, args.checkpoint, args.config)
     runner.test()
     return 0

@@ -9,6 +9,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's mmdp, projects
 
 from mmengine.config import DictAction  # noqa: E402
+from mmengine.model import is_model_wrapper  # noqa: E402
 from mmengine.logging import print_log  # noqa: E402
 from mmengine.registry import RUNNERS  # noqa: E402
 from mmengine.runner import Runner  # noqa: E402
@@ -79,7 +80,7 @@ def main(argv=None):
     scale_schedule(cfg, int(os.environ.get('WORLD_SIZE', 1)))
     runner = Runner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg)
     if cfg.get('load_from') and not args.allow_partial_load:
-        model = runner.model.module if hasattr(runner.model, 'module') else runner.model
+        model = runner.model.module if is_model_wrapper(runner.model) else runner.model
         check_loadable(model, cfg.load_from, args.config)
     runner.train()
     return 0

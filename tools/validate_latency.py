@@ -22,9 +22,9 @@ from scipy.stats import spearmanr  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from mmdp.cli import check_device, check_writable, counts, entry  # noqa: E402
-from mmdp.latency import (DTYPES, MODES, BilinearLutLatency, FlopsLatency, LatencyTable,  # noqa: E402
-                          LinearLutLatency, MeasuredLatency, build_from_config, device_name,
-                          sample_choices)
+from mmdp.latency import (  # noqa: E402
+    DTYPES, MODES, BilinearLutLatency, FlopsLatency, LatencyTable, LinearLutLatency,
+    MeasuredLatency, build_from_config, device_name, sample_choices)
 from mmdp.fileio import atomic_write, atomic_write_json  # noqa: E402
 from mmdp.structure import StructureChoice, derive_structure  # noqa: E402
 

@@ -164,8 +164,7 @@ class PruningHook(Hook):
         exists, the command writes beside it, to a name made of those settings (profiling into
         the existing file would try to resume it and stop on the same mismatch)."""
         shape = [int(s) for s in runner.cfg.latency_input_shape]
-        step = self.chunk or (self.table.meta['step'] if getattr(self, 'table', None)
-                              else None) or self._existing_step() or 32
+        step = self.chunk or self._existing_step() or 32  # 32: profile_latency's default
         out = self.table_path
         if osp.exists(out):
             device = self.latency_device or device_name(
@@ -184,7 +183,7 @@ class PruningHook(Hook):
         return f'make a table on the target device with `{command}`{then}'
 
     def _existing_step(self) -> Optional[int]:
-        """The step recorded in the table file, when it is readable."""
+        """The step of the table file, when it is readable: the run's chunk follows it."""
         try:
             with open(self.table_path) as f:
                 return int(json.load(f)['meta']['step'])
