@@ -1,7 +1,8 @@
 """`bash tools/dist_train.sh CONFIG 2` on a CPU machine (gloo): two processes train the small
 MDP config through its pruning event; after it both ranks hold the same masks and weights (the
 hook compares a digest of both across ranks and stops the run when they differ) and rank 0's
-checkpoint carries the pruned structure."""
+checkpoint carries the pruned structure. `bash tools/dist_test.sh` then evaluates that checkpoint on
+two CPU processes."""
 import os
 import os.path as osp
 import socket
@@ -46,3 +47,16 @@ def test_dist_train_on_two_cpu_processes_through_a_pruning_event(nusc_infos, tmp
     state = PruningState.from_dict(ckpt[CHECKPOINT_KEY])
     assert state.events_done == 1
     assert state.history[0]['saliency_contributions'] == 2  # one iteration on each of 2 ranks
+
+    # The same checkpoint, evaluated on two CPU processes (contiguous shards, gathered metric).
+    options = []
+    for key in ('test_dataloader.dataset', 'test_evaluator'):
+        options += [f'{key}.data_root={root}', f'{key}.ann_file={nusc_infos["val"]}']
+    env['PORT'] = str(_free_port())
+    proc = subprocess.run(
+        ['bash', 'tools/dist_test.sh', CONFIG, osp.join(work, 'iter_2.pth'), '2', '--work-dir',
+         str(tmp_path / 'test'), '--cfg-options', *options],
+        capture_output=True, text=True, cwd=ROOT, env=env)
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 0, log[-4000:]
+    assert 'NuScenes metric/pred_instances_3d_NuScenes/NDS' in log
