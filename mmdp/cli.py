@@ -36,7 +36,7 @@ def check_checkout(tool_file: str) -> None:
     for module in (mmdp, projects):
         where = osp.realpath(osp.dirname(module.__file__))
         if osp.dirname(where) != root:
-            print(f'error: {osp.relpath(tool_file)} lives in {root} but imports '
+            print(f'error: {tool_file} lives in {root} but imports '
                   f'{module.__name__} from {where} (an editable install or PYTHONPATH of '
                   f'another checkout); run it with PYTHONPATH={root}, or reinstall with '
                   f'`pip install -e {root}`', file=sys.stderr)

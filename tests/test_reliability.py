@@ -85,22 +85,31 @@ CASES = [
          'it again with tools/create_data.py'),
     Case('train-load-pruned', 'load_from an exported pruned model under the dense config',
          'train', (SMALL, '@data', '--cfg-options', 'load_from={pruned_pth}'), 2,
-         'checkpoint {pruned_pth} does not fit the model of ' + SMALL + ':\n  '),
+         'checkpoint {pruned_pth} does not fit the model of ' + SMALL + ':\n  34 size mismatch: '
+         'img_backbone.layer1.0.conv3.weight (128, 64, 1, 1) in the checkpoint, (256, 64, 1, 1) '
+         'in the model;'),
     Case('test-missing', 'tools/test.py of a checkpoint that does not exist', 'test',
          (SMALL, '{tmp}/missing.pth'), 2, 'checkpoint {tmp}/missing.pth does not exist'),
     Case('test-load-pruned', 'tools/test.py of an exported pruned model under the dense config',
          'test', (SMALL, '{pruned_pth}', '@testdata'), 2,
-         'size mismatch: img_backbone.'),
+         'it is an exported pruned model: use its own config {export}/pruned.py\n  pass '
+         '--allow-partial-load to load the matching part on purpose (e.g. an ImageNet backbone)'),
     Case('benchmark-load-pruned', 'tools/benchmark.py of a pruned model under the dense config',
          'benchmark', (SMALL, '{pruned_pth}', '--fake-data'), 2,
          'it is an exported pruned model: use its own config {export}/pruned.py'),
     # ------------------------------------------------------------------ pruning set-up
     Case('prune-ratio-infeasible', 'a prune_ratio no structure reaches', 'train',
          (MDP, '@data', '@hook', 'custom_hooks.1.prune_ratio=0.99'), 2,
-         'PruningHook: prune_ratio=0.99 asks for'),
+         'PruningHook: prune_ratio=0.99 asks for 6.67818 ms, but the smallest latency any '
+         'structure reaches is 26.2644 ms (BilinearLutLatency over {table}, 128-channel steps): '
+         'set prune_ratio <= 0.9607'),
     Case('table-dtype', 'a latency table of another dtype', 'train',
          (MDP, '@data', '@hook', 'custom_hooks.1.latency_dtype=fp16'), 2,
-         "dtype is 'fp32' in the table but 'fp16' here"),
+         "latency table {table}: dtype is 'fp32' in the table but 'fp16' here; make a table on "
+         'the target device with `python tools/profile_latency.py ' + MDP + ' --out '
+         '{tmp}/table_formula_fp16_eager_1x3x64x128_step128.json --input-shape 1 3 64 128 --step '
+         '128 --dtype fp16 --mode eager`, then set custom_hooks.1.latency_table='
+         '{tmp}/table_formula_fp16_eager_1x3x64x128_step128.json'),
     Case('table-grid', 'a latency table whose widths do not follow its step', 'train',
          (MDP, '@data', '--cfg-options', 'latency_input_shape=(1, 3, 64, 128)',
           'custom_hooks.1.latency_table={bad_grid_table}',
@@ -153,7 +162,7 @@ CASES = [
                          '--out-dir', '{tmp}/one_scene_infos'), 0,
          "split 'val' (the devkit's 'mini_val' scenes) has 0 samples"),
     Case('other-checkout', 'a tool of one checkout importing mmdp from another', 'train',
-         (SMALL,), 2, 'imports mmdp from', subprocess=True),
+         (SMALL,), 2, 'lives in {other_checkout} but imports mmdp from ', subprocess=True),
 ]
 
 

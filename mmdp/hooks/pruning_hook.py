@@ -200,7 +200,8 @@ class PruningHook(Hook):
                                      input_shape=runner.cfg.latency_input_shape,
                                      dtype=self.latency_dtype, mode=self.latency_mode)
         except TableMismatchError as e:
-            raise TableMismatchError(f'{e}; {self._profile_hint(runner)}') from None
+            raise TableMismatchError(f'{e.reason}; {self._profile_hint(runner)}',
+                                     e.reason) from None
 
     def _saliency_hook(self, runner) -> SaliencyHook:
         found = [h for h in runner.hooks if isinstance(h, SaliencyHook)]
