@@ -383,14 +383,16 @@ it with `--resume` each time:
 
 `tests/test_distributed.py` trains the same config with `bash tools/dist_train.sh CONFIG 2` on the
 CPU (gloo) through its pruning event; the hook checks that both ranks hold the same masks and
-weights after it.
+weights after it. `bash tools/dist_test.sh` then evaluates the checkpoint on two CPU processes.
 
 ## Other guarantees
 
-- Checkpoints, `last_checkpoint`, latency tables, event files, exported models and info files
-  are written atomically: a reader or a killed run never sees half a file.
-- `--resume` finds the work dir's latest checkpoint through `last_checkpoint` and, where that
-  names a path that moved with the work dir, through the file of that name in the work dir.
+- Checkpoints, latency tables, event files, exported models and info files are written
+  atomically: a reader or a killed run never sees half a file.
+- `--resume` finds the work dir's latest checkpoint through MMEngine's `last_checkpoint` (an
+  absolute path, written in place); where that names a path that moved with the work dir, it
+  takes the file of that name in the work dir, and where it is missing or empty (killed while
+  written), the `iter_N.pth` with the largest N.
 - An exported `pruned.py` holds the whole config and names its weights relative to itself
   (`{{ fileDirname }}/pruned.pth`): the export folder can be moved.
 - `load_from`, `tools/test.py` and `tools/benchmark.py` load strictly; `--allow-partial-load`
