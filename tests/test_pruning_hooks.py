@@ -332,7 +332,7 @@ def test_set_up_errors_stop_a_run_before_it_trains_and_infeasible_budgets_fail(t
     with pytest.raises(FileNotFoundError, match=r'missing\.json does not exist; make a table on '
                                                 r'the target device with `python '
                                                 r'tools/profile_latency.py .* --input-shape 2 3 '
-                                                r'32 32`'):
+                                                r'32 32 --step 8 --dtype fp32 --mode eager`'):
         runner.train()
     assert runner.iter == 0
     runner = toy_runner(str(tmp_path / 'b'), table, 'another GPU')
@@ -343,9 +343,11 @@ def test_set_up_errors_stop_a_run_before_it_trains_and_infeasible_budgets_fail(t
     with pytest.raises(ValueError, match='chunk=4 is finer than the 8-channel step'):
         runner.train()
     runner = toy_runner(str(tmp_path / 'd'), table, device, prune_ratio=0.999)
-    with pytest.raises(RuntimeError, match='no structure fits the latency budget'):
-        runner.train()  # at the first event, with the smallest latency reachable
-    assert runner.iter == 2
+    with pytest.raises(ValueError, match=r'prune_ratio=0\.999 asks for .* ms, but the smallest '
+                                         r'latency any structure reaches is .* set prune_ratio '
+                                         r'<= 0\.[0-9]+'):
+        runner.train()  # before the saliency window, from the table and the structure
+    assert runner.iter == 0
 
 
 def test_hook_settings_are_checked():
@@ -357,3 +359,35 @@ def test_hook_settings_are_checked():
         PruningHook('t.json', 1.5, at_iter=2)
     with pytest.raises(ValueError, match='window'):
         SaliencyHook(end=0)
+
+
+def test_an_event_run_again_keeps_an_earlier_different_decision(tmp_path):
+    """A resumed run that reaches an event again: the same decision overwrites the files, a
+    different one moves the earlier files aside, numbered, never over each other."""
+    from types import SimpleNamespace
+
+    from mmengine.logging import MMLogger
+
+    runner = SimpleNamespace(logger=MMLogger.get_current_instance())
+    stem = str(tmp_path / 'event1_iter3')
+
+    def write(widths):
+        solution = Solution('optimal', 1.0, 2.0, widths, [], 0.0)
+        PruningHook._keep_aside_if_different(runner, stem, solution)
+        solution.save(f'{stem}_solution.json')
+        for kind in ('problem', 'summary'):
+            (tmp_path / f'event1_iter3_{kind}.json').write_text(json.dumps(widths))
+
+    write({'g': 8})
+    write({'g': 8})
+    assert sorted(os.listdir(tmp_path)) == [f'event1_iter3_{k}.json'
+                                            for k in ('problem', 'solution', 'summary')]
+    write({'g': 4})
+    write({'g': 2})
+    assert sorted(os.listdir(tmp_path)) == sorted(
+        [f'event1_iter3_{k}.json' for k in ('problem', 'solution', 'summary')]
+        + [f'event1_iter3_superseded{n}_{k}.json' for n in (1, 2)
+           for k in ('problem', 'solution', 'summary')])
+    assert Solution.load(f'{stem}_superseded1_solution.json').widths == {'g': 8}
+    assert Solution.load(f'{stem}_superseded2_solution.json').widths == {'g': 4}
+    assert Solution.load(f'{stem}_solution.json').widths == {'g': 2}

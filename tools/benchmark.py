@@ -2,36 +2,40 @@
 fp32 or `--amp`, on test-set samples or, with `--fake-data`, random images of the configured size."""
 import argparse
 import json
-import os
 import os.path as osp
-import tempfile
+import sys
 import time
+from pathlib import Path
 
-import numpy as np
-import torch
-from mmengine.config import DictAction
-from mmengine.registry import init_default_scope
-from mmengine.runner import Runner, load_checkpoint
-from mmdet3d.registry import MODELS
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's mmdp, projects
 
-import mmdp.checkpoint_compat  # noqa: F401  (checkpoint loading on torch >= 2.6)
-from mmdp.config_utils import load_config
-from mmdp.latency import LATENCY_MODELS, LatencyTable, device_name
-from mmdp.latency.breakdown import module_timer
-from mmdp.structure import StructureChoice
-from projects.streampetr.fake_inputs import fake_frame
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from mmengine.config import DictAction  # noqa: E402
+from mmengine.registry import init_default_scope  # noqa: E402
+from mmengine.runner import Runner, load_checkpoint  # noqa: E402
+from mmdet3d.registry import MODELS  # noqa: E402
+
+from mmdp.checkpoint_compat import check_loadable  # noqa: E402
+from mmdp.cli import UsageError, check_device, check_writable, counts, entry  # noqa: E402
+from mmdp.config_utils import check_info_files, load_config  # noqa: E402
+from mmdp.fileio import atomic_write_json  # noqa: E402
+from mmdp.latency import LATENCY_MODELS, LatencyTable, device_name  # noqa: E402
+from mmdp.latency.breakdown import module_timer  # noqa: E402
+from mmdp.structure import StructureChoice  # noqa: E402
+from projects.streampetr.fake_inputs import fake_frame  # noqa: E402
 
 
 # Timed parts of a detector: (module attribute, as named in the report).
 PARTS = ('img_backbone', 'img_neck', 'pts_bbox_head')
 
 
-def parse_args():
+def parse_args(argv=None):
     parser = argparse.ArgumentParser(description='Benchmark detector FPS at batch 1')
     parser.add_argument('config')
     parser.add_argument('checkpoint', nargs='?', help='weights; random initialisation if absent')
-    parser.add_argument('--samples', type=int, default=50, help='timed frames')
-    parser.add_argument('--warmup', type=int, default=5, help='untimed frames first')
+    parser.add_argument('--samples', type=counts(1), default=50, help='timed frames (>= 1)')
+    parser.add_argument('--warmup', type=counts(0), default=5, help='untimed frames first')
     parser.add_argument('--amp', action='store_true', help='fp16 autocast (CUDA) / bf16 (CPU)')
     parser.add_argument('--fake-data', action='store_true',
                         help='random images at the config\'s img_size instead of the test set')
@@ -41,16 +45,24 @@ def parse_args():
                         'from this table (profiled on this device at this input) next to the '
                         'measured one')
     parser.add_argument('--out', help='write the figures to this JSON file')
+    parser.add_argument('--allow-partial-load', action='store_true',
+                        help='the checkpoint may miss or add keys or shapes; by default every '
+                        'key must fit the model')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction)
-    return parser.parse_args()
+    return parser.parse_args(argv)
 
 
-def predicted_vs_measured(table_path, model, device, batch_shape, dtype, measured_ms):
+def load_table(table_path, device, batch_shape, dtype) -> LatencyTable:
+    """The latency table, checked against this device, input and dtype before anything is
+    timed."""
+    n, views = batch_shape[:2]
+    return LatencyTable.load(table_path, device=device_name(device), dtype=dtype, mode='eager',
+                             input_shape=(n * views, *batch_shape[2:]))
+
+
+def predicted_vs_measured(table, model, measured_ms):
     """Backbone latency predicted by each table-based model for this model's structure (dense,
     or the `widths` / `removed_blocks` of a `PrunedResNet`), next to the measured one."""
-    n, views = batch_shape[:2]
-    table = LatencyTable.load(table_path, device=device_name(device), dtype=dtype, mode='eager',
-                              input_shape=(n * views, *batch_shape[2:]))
     prefix = f'{table.structure.backbone}.' if table.structure.backbone else ''
     backbone = model.img_backbone
     choice = StructureChoice(
@@ -61,23 +73,34 @@ def predicted_vs_measured(table_path, model, device, batch_shape, dtype, measure
     for name, ms in predicted.items():
         print(f'backbone latency: {name} predicts {ms:.2f} ms, measured {measured_ms:.2f} ms '
               f'({100 * (ms - measured_ms) / measured_ms:+.1f}%)')
-    return dict(table=table_path, measured_backbone_ms=measured_ms,
+    return dict(table=table.path, measured_backbone_ms=measured_ms,
                 predicted_backbone_ms=predicted)
 
 
-def main():
-    args = parse_args()
+def main(argv=None):
+    args = parse_args(argv)
+    check_device(args.device)
+    device = torch.device(args.device)
+    if args.checkpoint and not osp.isfile(args.checkpoint):
+        raise UsageError(f'checkpoint {args.checkpoint} does not exist')
+    if args.out:
+        check_writable(osp.dirname(osp.abspath(args.out)), '--out folder')
     cfg = load_config(args.config, args.cfg_options)
+    if not args.fake_data:
+        check_info_files(cfg, ['test'], evaluators=False)
+    table = load_table(args.latency_table, device, (1, 6, 3, *cfg.img_size),
+                       'fp16' if args.amp else 'fp32') if args.latency_table else None
     init_default_scope(cfg.get('default_scope', 'mmdet3d'))
     if cfg.get('custom_imports'):
         from mmengine.utils import import_modules_from_strings
         import_modules_from_strings(**cfg.custom_imports)
     model = MODELS.build(cfg.model)
     if args.checkpoint:
+        if not args.allow_partial_load:
+            check_loadable(model, args.checkpoint, args.config)
         load_checkpoint(model, args.checkpoint, map_location='cpu')
     else:
         model.init_weights()
-    device = torch.device(args.device)
     model.to(device).eval()
     total = args.warmup + args.samples
     if args.fake_data:
@@ -107,8 +130,8 @@ def main():
                 for v in part_times.values():
                     v.clear()
     if not times:
-        raise RuntimeError(f'no frame was timed: the data gave fewer than {args.warmup + 1} '
-                           f'samples; lower --warmup or use --fake-data')
+        raise UsageError(f'no frame was timed: the test set of {args.config} gave fewer than '
+                         f'{args.warmup + 1} samples; lower --warmup or use --fake-data')
     ms = 1000 * np.asarray(times)
     # Means, so that the parts add up to the mean frame time.
     breakdown = {p: float(1000 * np.mean(part_times[p])) for p in parts}
@@ -121,19 +144,13 @@ def main():
                   mean_ms=float(ms.mean()), fps=float(1000 / np.median(ms)),
                   breakdown_ms=breakdown,
                   torch=torch.__version__)
-    if args.latency_table:
-        result['latency'] = predicted_vs_measured(args.latency_table, model, device,
-                                                  (1, 6, 3, *cfg.img_size),
-                                                  'fp16' if args.amp else 'fp32',
-                                                  breakdown['img_backbone'])
+    if table is not None:
+        result['latency'] = predicted_vs_measured(table, model, breakdown['img_backbone'])
     print(json.dumps(result, indent=2))
     if args.out:
-        os.makedirs(osp.dirname(osp.abspath(args.out)), exist_ok=True)
-        with tempfile.NamedTemporaryFile('w', dir=osp.dirname(osp.abspath(args.out)),
-                                         delete=False, suffix='.json') as f:
-            json.dump(result, f, indent=2)
-        os.replace(f.name, args.out)
+        atomic_write_json(args.out, result)
+    return 0
 
 
 if __name__ == '__main__':
-    main()
+    entry(__file__, main)

@@ -7,8 +7,9 @@ import argparse
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root holds `projects`
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's mmdp, projects
 
+from mmdp.cli import check_writable, entry  # noqa: E402
 from projects.streampetr.datasets.nuscenes_converter import (  # noqa: E402
     VERSION_SPLITS, create_nuscenes_infos)
 
@@ -27,6 +28,7 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
+    check_writable(args.out_dir, '--out-dir')  # before the work, not after it
     try:
         paths = create_nuscenes_infos(args.root_path, args.version, args.out_dir,
                                       args.extra_tag)
@@ -34,7 +36,8 @@ def main(argv=None):
         sys.exit(f'error: {exc}')
     for split, path in paths.items():
         print(f'{split}: {path}')
+    return 0
 
 
 if __name__ == '__main__':
-    main()
+    entry(__file__, main)

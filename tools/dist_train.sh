@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# Usage: tools/dist_train.sh CONFIG GPUS [train.py options]
+# Usage: [PYTHON=python] [NNODES=1] [NODE_RANK=0] [PORT=29500] [MASTER_ADDR=127.0.0.1] \
+#     tools/dist_train.sh CONFIG GPUS [train.py options]
+# GPUS processes on this node; without CUDA they train on the CPU (gloo), see tools/train.py.
 CONFIG=$1
 GPUS=$2
 NNODES=${NNODES:-1}
@@ -7,7 +9,7 @@ NODE_RANK=${NODE_RANK:-0}
 PORT=${PORT:-29500}
 MASTER_ADDR=${MASTER_ADDR:-"127.0.0.1"}
 
-PYTHONPATH="$(dirname $0)/..":$PYTHONPATH \
-python -m torch.distributed.run --nnodes=$NNODES --node_rank=$NODE_RANK \
-    --master_addr=$MASTER_ADDR --nproc_per_node=$GPUS --master_port=$PORT \
-    $(dirname "$0")/train.py $CONFIG --launcher pytorch ${@:3}
+PYTHONPATH="$(dirname "$0")/..":$PYTHONPATH \
+${PYTHON:-python} -m torch.distributed.run --nnodes="$NNODES" --node_rank="$NODE_RANK" \
+    --master_addr="$MASTER_ADDR" --nproc_per_node="$GPUS" --master_port="$PORT" \
+    "$(dirname "$0")/train.py" "$CONFIG" --launcher pytorch "${@:3}"

@@ -10,13 +10,19 @@ again resumes an interrupted run.
 """
 import argparse
 import os
+import os.path as osp
+import sys
+from pathlib import Path
 
-import torch
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's mmdp, projects
 
-from mmdp.latency import (DTYPES, MODES, TERMS, LatencyTable, MeasuredLatency, Timer,
+import torch  # noqa: E402
+
+from mmdp.cli import UsageError, check_device, check_writable, counts, entry  # noqa: E402
+from mmdp.latency import (DTYPES, MODES, TERMS, LatencyTable, MeasuredLatency, Timer,  # noqa: E402
                           build_from_config, device_name, fit_table, make_meta,
                           measure_samples, profile_layers)
-from mmdp.structure import derive_structure
+from mmdp.structure import derive_structure  # noqa: E402
 
 # Settings a resumed run must share with the partial table it continues.
 RESUME_FIELDS = ('step', 'repeats', 'warmup', 'batch')
@@ -27,17 +33,19 @@ def parse_args(argv=None):
     parser.add_argument('config', help='mmengine config of a detector or a bare backbone')
     parser.add_argument('--out', required=True, help='latency table JSON to write (or resume)')
     parser.add_argument('--dtype', choices=sorted(DTYPES), default='fp32')
-    parser.add_argument('--step', type=int, default=32, help='channel step of the width grid')
+    parser.add_argument('--step', type=counts(1), default=32,
+                        help='channel step of the width grid')
     parser.add_argument('--mode', choices=MODES, default='eager')
     parser.add_argument('--input-shape', type=int, nargs=4, metavar=('N', 'C', 'H', 'W'),
                         help="backbone input; default: the config's latency_input_shape")
-    parser.add_argument('--repeats', type=int, default=100, help='timed runs per measurement')
-    parser.add_argument('--warmup', type=int, default=10, help='untimed runs before timing')
-    parser.add_argument('--samples', type=int, default=40,
+    parser.add_argument('--repeats', type=counts(1), default=100,
+                        help='timed runs per measurement')
+    parser.add_argument('--warmup', type=counts(0), default=10, help='untimed runs before timing')
+    parser.add_argument('--samples', type=counts(0), default=40,
                         help='random prunings timed end to end to fit the overheads')
     parser.add_argument('--seed', type=int, default=0)
     parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
-    parser.add_argument('--threads', type=int, help='CPU threads (torch.set_num_threads)')
+    parser.add_argument('--threads', type=counts(1), help='CPU threads (torch.set_num_threads)')
     args = parser.parse_args(argv)
     if args.samples < len(TERMS) - 1:
         parser.error(f'--samples must be at least {len(TERMS) - 1} to fit {len(TERMS)} '
@@ -53,7 +61,7 @@ def open_table(path: str, structure, meta: dict) -> LatencyTable:
                                                             'dtype')})
     for name in RESUME_FIELDS:
         if table.meta[name] != meta[name]:
-            raise ValueError(f'{path}: {name} is {table.meta[name]!r} in the table but '
+            raise UsageError(f'{path}: {name} is {table.meta[name]!r} in the table but '
                              f'{meta[name]!r} here; use another --out or the same settings')
     table.check_structure(structure)
     print(f'resuming {path}: {len(table.tables)}/{len(structure.layers)} layers, '
@@ -63,6 +71,8 @@ def open_table(path: str, structure, meta: dict) -> LatencyTable:
 
 def main(argv=None) -> LatencyTable:
     args = parse_args(argv)
+    check_device(args.device)
+    check_writable(osp.dirname(osp.abspath(args.out)), '--out folder')
     if args.threads:
         torch.set_num_threads(args.threads)
     timer = Timer(args.device, args.mode, args.repeats, args.warmup)  # refuses a bad mode early
@@ -93,4 +103,4 @@ def main(argv=None) -> LatencyTable:
 
 
 if __name__ == '__main__':
-    main()
+    entry(__file__, main)

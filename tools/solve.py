@@ -7,12 +7,17 @@ Exit status: 0 solved, 1 the budget is infeasible (the solution file still recor
 smallest latency reachable), 2 bad input (problem file or options), 3 the solver failed.
 """
 import argparse
+import os.path as osp
 import sys
+from pathlib import Path
 
-from mmengine.config import DictAction
-from mmengine.logging import MMLogger, print_log
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's mmdp, projects
 
-from mmdp.solvers import Problem, ProblemError, SolverError, build_solver
+from mmengine.config import DictAction  # noqa: E402
+from mmengine.logging import MMLogger, print_log  # noqa: E402
+
+from mmdp.cli import check_writable, entry  # noqa: E402
+from mmdp.solvers import Problem, ProblemError, SolverError, build_solver  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -29,7 +34,8 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    logger = MMLogger.get_instance('mmdp-solve', log_level='INFO')
+    check_writable(osp.dirname(osp.abspath(args.out)), '--out folder')
+    MMLogger.get_instance('mmdp-solve', log_level='INFO')
     options = dict(args.options)
     if args.time_limit is not None:
         options['time_limit'] = args.time_limit
@@ -39,26 +45,26 @@ def main(argv=None) -> int:
         problem = Problem.load(args.problem)
         solver = build_solver(args.solver, **options)
     except (ProblemError, KeyError, TypeError, ValueError) as e:
-        logger.error(e.args[0] if isinstance(e, KeyError) else str(e))
+        print(f'error: {e.args[0] if isinstance(e, KeyError) else e}', file=sys.stderr)
         return 2
     print_log(f'{args.problem}: {problem!r}, solver {args.solver} {options or ""}',
               logger='current')
     try:
         solution = solver.solve(problem)
     except (ProblemError, ValueError) as e:
-        logger.error(str(e))
+        print(f'error: {e}', file=sys.stderr)
         return 2
     except SolverError as e:
-        logger.error(str(e))
+        print(f'error: {e}', file=sys.stderr)
         return 3
     solution.save(args.out)
     print_log(f'wrote {args.out}', logger='current')
     if solution.status == 'infeasible':
-        logger.error(f'infeasible: no choice fits the budget {problem.budget:.6g}; the smallest '
-                     f'latency reachable is {solution.latency:.6g}')
+        print(f'error: infeasible: no choice fits the budget {problem.budget:.6g}; the smallest '
+              f'latency reachable is {solution.latency:.6g}', file=sys.stderr)
         return 1
     return 0
 
 
 if __name__ == '__main__':
-    sys.exit(main())
+    entry(__file__, main)

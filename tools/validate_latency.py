@@ -6,22 +6,27 @@ Samples n random structures (widths on the table's grid, about a quarter of the 
 predicts each with every latency model (and the plain, unfitted sum of the table entries), times
 each end to end, and reports per model the mean absolute percentage error (raw, and after scaling
 so that the dense backbone is exact) and the Spearman rank correlation. Writes
-latency_validation.json and latency_validation.png to --out-dir.
+latency_validation.json and latency_validation.png to --out-dir (default: the table's folder).
 """
 import argparse
 import os
+import sys
+from pathlib import Path
 
-import matplotlib
-import numpy as np
-import torch
-from scipy.stats import spearmanr
-from tqdm import tqdm
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's mmdp, projects
 
-from mmdp.latency import (DTYPES, MODES, BilinearLutLatency, FlopsLatency, LatencyTable,
-                          LinearLutLatency, MeasuredLatency, build_from_config, device_name,
-                          sample_choices)
-from mmdp.fileio import atomic_write, atomic_write_json
-from mmdp.structure import StructureChoice, derive_structure
+import matplotlib  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from scipy.stats import spearmanr  # noqa: E402
+from tqdm import tqdm  # noqa: E402
+
+from mmdp.cli import check_device, check_writable, counts, entry  # noqa: E402
+from mmdp.latency import (  # noqa: E402
+    DTYPES, MODES, BilinearLutLatency, FlopsLatency, LatencyTable, LinearLutLatency,
+    MeasuredLatency, build_from_config, device_name, sample_choices)
+from mmdp.fileio import atomic_write, atomic_write_json  # noqa: E402
+from mmdp.structure import StructureChoice, derive_structure  # noqa: E402
 
 matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the headless backend)
@@ -31,22 +36,26 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     parser.add_argument('config', help='mmengine config of a detector or a bare backbone')
     parser.add_argument('--table', required=True, help='latency table from profile_latency.py')
-    parser.add_argument('-n', type=int, default=50, help='random structures to check')
-    parser.add_argument('--out-dir', default='.', help='where the JSON and the plot go')
+    parser.add_argument('-n', type=counts(2), default=50,
+                        help='random structures to check (>= 2 for a rank correlation)')
+    parser.add_argument('--out-dir', help="where the JSON and the plot go; default: the table's "
+                        'folder')
     parser.add_argument('--dtype', choices=sorted(DTYPES), default='fp32')
     parser.add_argument('--mode', choices=MODES, default='eager')
     parser.add_argument('--input-shape', type=int, nargs=4, metavar=('N', 'C', 'H', 'W'),
                         help="backbone input; default: the config's latency_input_shape")
-    parser.add_argument('--repeats', type=int, default=100, help='timed runs per measurement')
-    parser.add_argument('--warmup', type=int, default=10)
+    parser.add_argument('--repeats', type=counts(1), default=100,
+                        help='timed runs per measurement')
+    parser.add_argument('--warmup', type=counts(0), default=10)
     parser.add_argument('--removal', type=float, default=0.25,
                         help='probability that a block is removed')
     parser.add_argument('--seed', type=int, default=1, help='differs from the profiling seed')
     parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
-    parser.add_argument('--threads', type=int, help='CPU threads (torch.set_num_threads)')
+    parser.add_argument('--threads', type=counts(1), help='CPU threads (torch.set_num_threads)')
     args = parser.parse_args(argv)
-    if args.n < 2:
-        parser.error('-n must be at least 2 for a rank correlation')
+    if not 0 <= args.removal <= 1:
+        parser.error(f'--removal must lie in [0, 1], found {args.removal}')
+    args.out_dir = args.out_dir or os.path.dirname(os.path.abspath(args.table))
     return args
 
 
@@ -75,6 +84,8 @@ def save_plot(path: str, measured: np.ndarray, predictions: dict, title: str) ->
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
+    check_device(args.device)
+    check_writable(args.out_dir, '--out-dir')
     if args.threads:
         torch.set_num_threads(args.threads)
     model, input_shape = build_from_config(args.config, args.input_shape)
@@ -135,4 +146,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == '__main__':
-    main()
+    entry(__file__, main)

@@ -2,10 +2,10 @@
 config that inherits the training config with a `PrunedResNet` backbone, and its weights."""
 import os
 import os.path as osp
-import pprint
 from typing import Optional
 
 import torch
+from mmengine.config import Config
 from mmengine.registry import init_default_scope
 from mmengine.runner.checkpoint import _load_checkpoint
 from mmengine.utils import import_modules_from_strings
@@ -62,19 +62,21 @@ def _pruned_config_text(config: str, cfg, structure, choice, weights: str,
             raise ValueError(f'{neck} reads {len(neck_inputs)} inputs {neck_inputs}, the '
                              f'backbone gives {len(structure.outputs)}: cannot narrow them')
         model[neck] = dict(in_channels=[choice.width(structure, g) for g in structure.outputs])
-    body = {
+    out = Config(cfg.to_dict())  # the training config as read, overrides included
+    out.merge_from_dict({
         'custom_imports': dict(imports=imports + [EXPORT_IMPORT] * (EXPORT_IMPORT not in imports),
                                allow_failed_imports=False),
         'model': model,
-        'custom_hooks': hooks,
-        'load_from': osp.abspath(weights),
-    }
-    lines = [f'# Written by tools/export_pruned.py from {osp.abspath(checkpoint)}:',
-             '# the training config with its backbone physically pruned.',
-             f'_base_ = [{osp.abspath(config)!r}]', '']
-    lines += [f'{key} = {pprint.pformat(value, width=100, sort_dicts=False)}'
-              for key, value in body.items()]
-    return '\n'.join(lines) + '\n'
+    })
+    out.custom_hooks = hooks
+    # Resolved when the file is read: the export folder can move with its weights.
+    out.load_from = '{{ fileDirname }}/' + osp.basename(weights)
+    out.resume = False
+    header = [f'# Written by tools/export_pruned.py from {osp.basename(checkpoint)} of '
+              f'{osp.basename(config)}:',
+              '# the training config (all of it: nothing here refers to other files) with its',
+              '# backbone physically pruned.', '']
+    return '\n'.join(header) + out.pretty_text + '\n'
 
 
 def export_pruned(config: str, checkpoint: str, out_dir: str,

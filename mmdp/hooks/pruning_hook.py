@@ -1,19 +1,26 @@
 """The hook that prunes the backbone under a latency budget during training (MDP or HALP)."""
+import hashlib
+import json
+import os
 import os.path as osp
+import re
 import traceback
 from typing import Optional, Union
 
 from mmdet3d.registry import HOOKS
-from mmengine.dist import broadcast_object_list, is_main_process
+from mmengine.dist import (all_gather_object, broadcast_object_list, get_world_size,
+                           is_main_process)
 from mmengine.hooks import Hook
 
+from mmdp.cli import RunError
 from mmdp.fileio import atomic_write_json
 from mmdp.latency import (LATENCY_MODELS, BilinearLutLatency, LatencyTable, LinearLutLatency,
                           TableMismatchError, device_name)
+from mmdp.latency.table import width_grid
 from mmdp.pruning.event import build_problem, choice_from_solution, format_summary, summarize
 from mmdp.pruning.masks import PruningMasks
 from mmdp.pruning.state import CHECKPOINT_KEY, PruningState
-from mmdp.solvers import SOLVERS, HALPSolver
+from mmdp.solvers import SOLVERS, HALPSolver, MDPSolver, Problem, Solution, SolverError
 from mmdp.structure import StructureChoice
 
 from .runner_utils import bare_model, runner_optimizers, runner_structure
@@ -48,7 +55,12 @@ class PruningHook(Hook):
         solver: a `SOLVERS` name or dict; default dict(type='mdp', time_limit=60).
         latency_device: the device the table must have been profiled on; default: the one this
             run trains on. Name another to prune for a deployment device.
-        out_dir: folder under the work dir for the event files.
+        latency_dtype, latency_mode: the precision ('fp32', 'fp16', ...) and execution mode
+            ('eager', 'cudagraph') the deployed model runs in; the table must have been
+            profiled so.
+        out_dir: folder under the work dir for the event files. A rerun of an event (a resumed
+            run) that decides otherwise keeps the earlier files aside as
+            `eventE_iterI_supersededK_*.json`.
     """
     priority = 'NORMAL'
 
@@ -56,7 +68,8 @@ class PruningHook(Hook):
                  interval: int = 0, chunk: Optional[int] = None,
                  latency_model: Union[str, dict] = 'lut_bilinear',
                  solver: Union[str, dict, None] = None,
-                 latency_device: Optional[str] = None, out_dir: str = 'pruning'):
+                 latency_device: Optional[str] = None, latency_dtype: str = 'fp32',
+                 latency_mode: str = 'eager', out_dir: str = 'pruning'):
         if not 0 < prune_ratio < 1:
             raise ValueError(f'PruningHook: prune_ratio must lie in (0, 1), found {prune_ratio}')
         if at_iter < 1:
@@ -85,6 +98,7 @@ class PruningHook(Hook):
         self.table_path, self.prune_ratio = latency_table, float(prune_ratio)
         self.events = [int(at_iter) + s * int(interval) for s in range(int(steps))]
         self.chunk, self.latency_device, self.out_dir = chunk, latency_device, out_dir
+        self.latency_dtype, self.latency_mode = latency_dtype, latency_mode
         self.state = PruningState()
         self._grad_hooks = []
 
@@ -100,6 +114,12 @@ class PruningHook(Hook):
             raise ValueError(f'latency table {self.table_path} does not fit the model: {e}; '
                              f'{self._profile_hint(runner)}') from None
         step = self.table.meta['step']
+        for group, full in self.structure.groups.items():
+            if self.table.widths.get(group) != width_grid(full, step):
+                raise ValueError(f'latency table {self.table_path}: group {group!r} has widths '
+                                 f'{self.table.widths.get(group)}, not the grid of its '
+                                 f'{step}-channel step {width_grid(full, step)}; '
+                                 f'{self._profile_hint(runner)}')
         self.chunk = step if self.chunk is None else int(self.chunk)
         if self.chunk < step:
             raise ValueError(f'PruningHook: chunk={self.chunk} is finer than the {step}-channel '
@@ -113,14 +133,62 @@ class PruningHook(Hook):
         if last >= max_iters:
             raise ValueError(f'PruningHook: the last pruning event is at iteration {last}, but '
                              f'training stops at {max_iters}: nothing would be fine-tuned')
+        if self.state.events_done < len(self.events):
+            self._check_reachable(runner)
         if self.state.pruned:  # resumed: the weights came masked, the masks and hooks did not
             self._apply(runner)
 
+    def _check_reachable(self, runner) -> None:
+        """Fail before training when no structure reaches the last event's budget: the
+        smallest latency reachable follows from the table and the structure alone. Iterative
+        schedules are checked with the bilinear model, since their frozen input widths shrink
+        from event to event."""
+        budget = self.dense_ms * (1 - self.prune_ratio)
+        problem = Problem.from_dict(self.reference.to_problem(
+            self.structure, budget=budget, chunk=self.chunk))
+        try:
+            solution = MDPSolver(time_limit=60).solve(problem)
+        except SolverError as e:
+            runner.logger.warning(f'PruningHook: the smallest reachable latency could not be '
+                                  f'checked before training ({e})')
+            return
+        if solution.status == 'infeasible':
+            raise ValueError(
+                f'PruningHook: prune_ratio={self.prune_ratio} asks for {budget:.6g} ms, but the '
+                f'smallest latency any structure reaches is {solution.latency:.6g} ms '
+                f'({self.reference.__class__.__name__} over {self.table_path}, {self.chunk}-channel'
+                f' steps): set prune_ratio <= {1 - solution.latency / self.dense_ms:.4f}')
+
     def _profile_hint(self, runner) -> str:
-        shape = ' '.join(str(s) for s in runner.cfg.latency_input_shape)
-        return (f'make a table on the target device with `python tools/profile_latency.py '
-                f"{runner.cfg.filename or 'CONFIG'} --out {self.table_path} --input-shape "
-                f'{shape}`')
+        """The command that profiles the table this run needs. Where a table of other settings
+        exists, the command writes beside it, to a name made of those settings (profiling into
+        the existing file would try to resume it and stop on the same mismatch)."""
+        shape = [int(s) for s in runner.cfg.latency_input_shape]
+        step = self.chunk or self._existing_step() or 32  # 32: profile_latency's default
+        out = self.table_path
+        if osp.exists(out):
+            device = self.latency_device or device_name(
+                next(bare_model(runner).parameters()).device)
+            slug = re.sub(r'[^a-z0-9]+', '-', device.lower()).strip('-')
+            root, ext = osp.splitext(out)
+            out = (f"{root}_{slug}_{self.latency_dtype}_{self.latency_mode}_"
+                   f"{'x'.join(map(str, shape))}_step{step}{ext or '.json'}")
+        hooks = [h.get('type') for h in runner.cfg.get('custom_hooks', [])]
+        where = (f'custom_hooks.{hooks.index("PruningHook")}.latency_table'
+                 if 'PruningHook' in hooks else 'the PruningHook\'s latency_table')
+        command = (f"python tools/profile_latency.py {runner.cfg.filename or 'CONFIG'} --out {out} "
+                   f"--input-shape {' '.join(map(str, shape))} --step {step} "
+                   f'--dtype {self.latency_dtype} --mode {self.latency_mode}')
+        then = '' if out == self.table_path else f', then set {where}={out}'
+        return f'make a table on the target device with `{command}`{then}'
+
+    def _existing_step(self) -> Optional[int]:
+        """The step of the table file, when it is readable: the run's chunk follows it."""
+        try:
+            with open(self.table_path) as f:
+                return int(json.load(f)['meta']['step'])
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
 
     def _load_table(self, runner) -> LatencyTable:
         device = self.latency_device or device_name(next(bare_model(runner).parameters()).device)
@@ -129,9 +197,11 @@ class PruningHook(Hook):
                                     f'{self._profile_hint(runner)}')
         try:
             return LatencyTable.load(self.table_path, device=device,
-                                     input_shape=runner.cfg.latency_input_shape)
+                                     input_shape=runner.cfg.latency_input_shape,
+                                     dtype=self.latency_dtype, mode=self.latency_mode)
         except TableMismatchError as e:
-            raise TableMismatchError(f'{e}; {self._profile_hint(runner)}') from None
+            raise TableMismatchError(f'{e.reason}; {self._profile_hint(runner)}',
+                                     e.reason) from None
 
     def _saliency_hook(self, runner) -> SaliencyHook:
         found = [h for h in runner.hooks if isinstance(h, SaliencyHook)]
@@ -202,13 +272,33 @@ class PruningHook(Hook):
         broadcast_object_list(payload)
         decision = payload[0]
         if 'error' in decision:
-            raise RuntimeError(f'pruning event {event} failed on rank 0:\n{decision["error"]}')
+            raise RunError(f'pruning event {event} failed on rank 0:\n{decision["error"]}')
         choice = StructureChoice(decision['widths'], decision['removed_blocks'],
                                  decision['channels'])
         self.state.update(choice, decision['summary'])
         self._apply(runner)
         self.saliency.collector.reset()
         runner.logger.info(format_summary(decision['summary']))
+        self._check_ranks_agree(runner, event)
+
+    def _check_ranks_agree(self, runner, event: int) -> None:
+        """Every rank must hold the same structure and weights after an event (the decision is
+        broadcast, DDP keeps the weights in step): a digest of both, gathered from all ranks."""
+        world = get_world_size()
+        if world < 2:
+            return
+        digest = hashlib.sha256(json.dumps(self.state.to_dict()['widths'],
+                                           sort_keys=True).encode())
+        digest.update(json.dumps(self.state.channels, sort_keys=True).encode())
+        for name, param in bare_model(runner).named_parameters():
+            digest.update(name.encode())
+            digest.update(param.detach().cpu().contiguous().numpy().tobytes())
+        digests = all_gather_object(digest.hexdigest())
+        if len(set(digests)) != 1:
+            raise RunError(f'pruning event {event}: the ranks hold different masks or weights '
+                           f'afterwards (digests {digests})')
+        runner.logger.info(f'pruning event {event}: masks and weights identical on all {world} '
+                           f'ranks (sha256 {digests[0][:16]})')
 
     def _decide(self, runner, event: int) -> dict:
         """Rank 0: solve this event's problem, write its files, return the new structure."""
@@ -221,10 +311,11 @@ class PruningHook(Hook):
         cfg = dict(self.solver_cfg, **options)
         solution = SOLVERS.get(cfg.pop('type'))(**cfg).solve(problem)
         stem = osp.join(runner.work_dir, self.out_dir, f'event{event}_iter{runner.iter}')
+        self._keep_aside_if_different(runner, stem, solution)
         problem.save(f'{stem}_problem.json')
         solution.save(f'{stem}_solution.json')
         if solution.status == 'infeasible':
-            raise RuntimeError(
+            raise RunError(
                 f'no structure fits the latency budget {budget:.6g} ms (prune_ratio '
                 f'{self.prune_ratio}); the smallest latency reachable is {solution.latency:.6g} '
                 f'ms; see {stem}_solution.json')
@@ -238,3 +329,28 @@ class PruningHook(Hook):
         atomic_write_json(f'{stem}_summary.json', summary)
         return {'widths': choice.widths, 'removed_blocks': sorted(choice.removed_blocks),
                 'channels': choice.channels, 'summary': summary}
+
+    @staticmethod
+    def _keep_aside_if_different(runner, stem: str, solution: Solution) -> None:
+        """An event run again (a run resumed from before it) must not overwrite the files of an
+        earlier, different decision: they move to `<stem>_superseded<K>_*.json`."""
+        previous = f'{stem}_solution.json'
+        if not osp.isfile(previous):
+            return
+        try:
+            old = Solution.load(previous)
+            same = (old.widths == solution.widths
+                    and sorted(old.removed_blocks) == sorted(solution.removed_blocks))
+        except (OSError, ValueError):
+            same = False
+        if same:
+            return
+        k = 1
+        while any(osp.exists(f'{stem}_superseded{k}_{kind}.json')
+                  for kind in ('problem', 'solution', 'summary')):
+            k += 1
+        for kind in ('problem', 'solution', 'summary'):
+            if osp.exists(f'{stem}_{kind}.json'):
+                os.replace(f'{stem}_{kind}.json', f'{stem}_superseded{k}_{kind}.json')
+        runner.logger.warning(f'{osp.basename(stem)} was decided before with another structure; '
+                              f'its files are kept as {osp.basename(stem)}_superseded{k}_*.json')

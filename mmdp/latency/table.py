@@ -22,7 +22,12 @@ CHECKED_FIELDS = ('device', 'input_shape', 'mode', 'dtype')
 
 
 class TableMismatchError(ValueError):
-    """A latency table used for another device, input shape, execution mode or dtype."""
+    """A latency table used for another device, input shape, execution mode or dtype;
+    `reason` is the mismatch alone, without the advice."""
+
+    def __init__(self, message: str, reason: Optional[str] = None):
+        super().__init__(message)
+        self.reason = reason or message
 
 
 def width_grid(full: int, step: int) -> list:
@@ -119,9 +124,9 @@ class LatencyTable:
             if name == 'input_shape':
                 current = [int(s) for s in current]
             if ours != current:
-                raise TableMismatchError(
-                    f'{where}: {name} is {ours!r} in the table but {current!r} here; profile a '
-                    'table for this setting (tools/profile_latency.py)')
+                reason = f'{where}: {name} is {ours!r} in the table but {current!r} here'
+                raise TableMismatchError(f'{reason}; profile a table for this setting '
+                                         '(tools/profile_latency.py)', reason)
         if self.meta['torch'] != torch.__version__:
             warnings.warn(f"{where}: profiled with torch {self.meta['torch']}, running "
                           f'{torch.__version__}; timings may differ')

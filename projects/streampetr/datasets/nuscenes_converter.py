@@ -273,6 +273,10 @@ def create_nuscenes_infos(root_path: str, version: str, out_dir: str,
     payloads, paths = {}, {}
     for split, devkit_split in VERSION_SPLITS[version].items():
         samples = _split_samples(nusc, scene_splits[devkit_split])
+        if not samples:
+            warnings.warn(f'nuScenes {version} at {root_path}: split {split!r} (the devkit\'s '
+                          f'{devkit_split!r} scenes) has 0 samples; its info file is written '
+                          'empty')
         data_list = [sample_info(nusc, sample, idx) for idx, sample in enumerate(
             tqdm(samples, desc=f'nuScenes {version} {split}', unit='sample',
                  disable=not progress))]

@@ -1,0 +1,62 @@
+"""`bash tools/dist_train.sh CONFIG 2` on a CPU machine (gloo): two processes train the small
+MDP config through its pruning event; after it both ranks hold the same masks and weights (the
+hook compares a digest of both across ranks and stops the run when they differ) and rank 0's
+checkpoint carries the pruned structure. `bash tools/dist_test.sh` then evaluates that checkpoint on
+two CPU processes."""
+import os
+import os.path as osp
+import socket
+import subprocess
+import sys
+
+import torch
+
+from mmdp.pruning import CHECKPOINT_KEY, PruningState
+from test_resume_kill import TABLE_DEVICE, TABLE_SHAPE, formula_table, small_model
+
+ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+CONFIG = 'configs/streampetr_mdp45_small_cpu.py'
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]
+
+
+def test_dist_train_on_two_cpu_processes_through_a_pruning_event(nusc_infos, tmp_path):
+    table = formula_table(small_model(), str(tmp_path / 'table.json'))
+    root = nusc_infos['root'] + '/'
+    work = str(tmp_path / 'work')
+    env = dict(os.environ, PYTHON=sys.executable, PORT=str(_free_port()), OMP_NUM_THREADS='1')
+    proc = subprocess.run(
+        ['bash', 'tools/dist_train.sh', CONFIG, '2', '--work-dir', work, '--cfg-options',
+         f'train_dataloader.dataset.data_root={root}',
+         f'train_dataloader.dataset.ann_file={nusc_infos["train"]}',
+         f'latency_input_shape={TABLE_SHAPE}', f'custom_hooks.1.latency_table={table}',
+         f'custom_hooks.1.latency_device={TABLE_DEVICE}',
+         'custom_hooks.0.end=1', 'custom_hooks.1.at_iter=1', 'train_cfg.max_iters=2',
+         'default_hooks.checkpoint.interval=2', 'val_cfg=None', 'val_dataloader=None',
+         'val_evaluator=None', 'randomness.seed=0'],
+        capture_output=True, text=True, cwd=ROOT, env=env)
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 0, log[-4000:]
+    assert 'pruning event 1/1 at iteration 1' in log
+    assert 'pruning event 1: masks and weights identical on all 2 ranks' in log
+    ckpt = torch.load(osp.join(work, 'iter_2.pth'), map_location='cpu', weights_only=False)
+    state = PruningState.from_dict(ckpt[CHECKPOINT_KEY])
+    assert state.events_done == 1
+    assert state.history[0]['saliency_contributions'] == 2  # one iteration on each of 2 ranks
+
+    # The same checkpoint, evaluated on two CPU processes (contiguous shards, gathered metric).
+    options = []
+    for key in ('test_dataloader.dataset', 'test_evaluator'):
+        options += [f'{key}.data_root={root}', f'{key}.ann_file={nusc_infos["val"]}']
+    env['PORT'] = str(_free_port())
+    proc = subprocess.run(
+        ['bash', 'tools/dist_test.sh', CONFIG, osp.join(work, 'iter_2.pth'), '2', '--work-dir',
+         str(tmp_path / 'test'), '--cfg-options', *options],
+        capture_output=True, text=True, cwd=ROOT, env=env)
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 0, log[-4000:]
+    assert 'NuScenes metric/pred_instances_3d_NuScenes/NDS' in log
