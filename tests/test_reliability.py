@@ -140,6 +140,12 @@ CASES = [
          (SMALL, '--table', '{cpu_table}', '-n', '1'), 2, 'argument -n: 1 is below the minimum 2'),
     Case('solve-truncated', 'solve.py of a truncated problem JSON', 'solve',
          ('{bad_json}', '--out', '{tmp}/solution.json'), 2, '{bad_json}: not valid JSON'),
+    Case('solve-negative', 'solve.py of a problem with a negative importance', 'solve',
+         ('{negative_problem}', '--out', '{tmp}/solution.json'), 2,
+         'importance must not be negative, found -0.5', subprocess=True),
+    Case('solve-require-optimal', 'solve.py --require-optimal stopped by its time limit', 'solve',
+         ('{hard_problem}', '--time-limit', '0.01', '--require-optimal', '--out',
+          '{tmp}/solution.json'), 3, 'before proving the optimum', subprocess=True),
     Case('export-unpruned', 'export_pruned.py of a checkpoint without a pruning state',
          'export_pruned', (MDP, '{dense_pth}', '--out', '{tmp}/export2'), 2,
          '{dense_pth} holds no pruning state'),
@@ -261,6 +267,14 @@ def paths(nusc_infos, tmp_path_factory):
     out['problem'] = osp.join(tmp, 'problem.json')
     with open(out['problem'], 'w') as f:
         json.dump(problem, f)
+    problem['layers'][0]['importance'][0] = -0.5
+    out['negative_problem'] = osp.join(tmp, 'negative_problem.json')
+    with open(out['negative_problem'], 'w') as f:
+        json.dump(problem, f)
+    # Building the MILP of a ResNet-34 problem alone outlasts a 10 ms limit (test_solvers).
+    from mmdp.solvers.synthetic import resnet_problem
+    out['hard_problem'] = osp.join(tmp, 'hard_problem.json')
+    resnet_problem(34, 16).save(out['hard_problem'])
 
     out['one_scene_root'] = str(make_synthetic_nuscenes(osp.join(tmp, 'one_scene'), 1, 2,
                                                         (160, 90), seed=0, progress=False))

@@ -26,6 +26,8 @@ def parse_args(argv=None):
     parser.add_argument('--solver', default='mdp', help="'mdp', 'halp' or 'exhaustive'")
     parser.add_argument('--time-limit', type=float, help='seconds (mdp)')
     parser.add_argument('--gap', type=float, help='relative MIP gap to stop at (mdp)')
+    parser.add_argument('--require-optimal', action='store_true',
+                        help='fail (exit 3) instead of returning a solution not proven optimal (mdp)')
     parser.add_argument('--options', nargs='+', action=DictAction, default={},
                         help='further solver options, e.g. method=greedy steps=30 (halp)')
     parser.add_argument('--out', required=True, help='where to write the solution JSON')
@@ -41,6 +43,8 @@ def main(argv=None) -> int:
         options['time_limit'] = args.time_limit
     if args.gap is not None:
         options['mip_rel_gap'] = args.gap
+    if args.require_optimal:
+        options['require_optimal'] = True
     try:
         problem = Problem.load(args.problem)
         solver = build_solver(args.solver, **options)

@@ -324,7 +324,7 @@ class PruningHook(Hook):
             self.structure, current, choice, self.reference, iteration=runner.iter, event=event,
             events=len(self.events), budget_ms=budget, dense_ms=self.dense_ms,
             latency_model=self.latency_cfg['type'], solver=self.solver_cfg,
-            status=solution.status, seconds=solution.seconds, objective=solution.objective,
+            status=solution.status, gap=solution.gap, seconds=solution.seconds, objective=solution.objective,
             problem_latency_ms=solution.latency, saliency_contributions=saliency.count)
         atomic_write_json(f'{stem}_summary.json', summary)
         return {'widths': choice.widths, 'removed_blocks': sorted(choice.removed_blocks),
