@@ -18,7 +18,7 @@ class_names = {{_base_.class_names}}
 img_size = (96, 256)
 latency_input_shape = (6, 3, *img_size)
 recipe = None
-max_iters = 400
+max_iters = 250
 warmup_iters = 50
 
 model = dict(

@@ -17,7 +17,7 @@ IMAGE_SIZE = (400, 225)  # the small configs' resize ratios assume it
 # MDP-45%: Taylor saliency over the first SALIENCY_ITERS iterations from the dense weights, the
 # one-shot event, then fine-tuning up to FINETUNE_ITERS in all.
 SALIENCY_ITERS = 10
-FINETUNE_ITERS = 100
+FINETUNE_ITERS = 60
 
 
 def run(step, cmd, done=None):
