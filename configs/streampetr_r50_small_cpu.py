@@ -61,4 +61,4 @@ param_scheduler = [
 ]
 train_cfg = dict(max_iters=max_iters, val_interval=max_iters)
 auto_scale_lr = dict(enable=False)
-default_hooks = dict(logger=dict(interval=10), checkpoint=dict(interval=max_iters))
+default_hooks = dict(logger=dict(interval=1), checkpoint=dict(interval=max_iters))
