@@ -9,7 +9,10 @@ custom_imports = dict(
 
 # Full size first; multiples of 16 (see configs/streampetr_jointprune45.py).
 ladder = [(96, 256), (80, 224), (64, 192)]
-model = dict(data_preprocessor=dict(pad_size_divisor=16))
+# BN frozen (norm_eval) as in the full config: sub-network losses of the search are compared
+# with each other and with the dense one, which batch statistics would make differ.
+model = dict(data_preprocessor=dict(pad_size_divisor=16),
+             img_backbone=dict(norm_cfg=dict(type='BN2d', requires_grad=False), norm_eval=True))
 
 # Only what differs from JointPruningHook's defaults (Taylor importance, 32-channel chunks,
 # widths >= 1/4, one block per stage kept, step 0.1, sigma 0.15).

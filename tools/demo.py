@@ -4,6 +4,7 @@ a short fine-tuning, export to a smaller model, nuScenes evaluation and FPS of d
 and the report. Each step is the command a user would type; data and a finished latency table are
 reused when present."""
 import argparse
+import json
 import os.path as osp
 import subprocess
 import sys
@@ -11,7 +12,12 @@ import time
 
 DENSE = 'configs/streampetr_r50_small_cpu.py'
 MDP = 'configs/streampetr_mdp45_small_cpu.py'
-DATA = 'data/synthetic_nuscenes'
+DATA = 'data/synthetic_nuscenes'  # the configs' data_root
+IMAGE_SIZE = (400, 225)  # the small configs' resize ratios assume it
+# MDP-45%: Taylor saliency over the first SALIENCY_ITERS iterations from the dense weights, the
+# one-shot event, then fine-tuning up to FINETUNE_ITERS in all.
+SALIENCY_ITERS = 10
+FINETUNE_ITERS = 60
 
 
 def run(step, cmd, done=None):
@@ -24,6 +30,23 @@ def run(step, cmd, done=None):
     print(f'[demo] {step}: finished in {time.time() - start:.0f} s', flush=True)
 
 
+def check_existing_data(root, scenes, samples):
+    """A synthetic set left by an earlier demo is reused only if it has this demo's size."""
+    if not osp.isdir(root):
+        return
+    table = osp.join(root, 'v1.0-mini', 'scene.json')
+    found = 'no v1.0-mini/scene.json'
+    if osp.isfile(table):
+        with open(table) as f:
+            rows = json.load(f)
+        counts = sorted({row['nbr_samples'] for row in rows})
+        if len(rows) == scenes and counts == [samples]:
+            return
+        found = f'{len(rows)} scenes of {"/".join(map(str, counts))} samples'
+    sys.exit(f'error: {root} holds {found}; this demo makes {scenes} scenes of {samples} '
+             f'samples: remove {root} (the demo remakes it) or pass --scenes/--samples')
+
+
 def last_checkpoint(work_dir):
     with open(osp.join(work_dir, 'last_checkpoint')) as f:
         return f.read().strip()
@@ -32,18 +55,24 @@ def last_checkpoint(work_dir):
 def main():
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument('--work-dir', default='work_dirs/demo')
-    parser.add_argument('--scenes', type=int, default=4)
-    parser.add_argument('--samples', type=int, default=8)
+    parser.add_argument('--scenes', type=int, default=10,
+                        help='synthetic scenes (the mini split: 8 train, 2 val at 10)')
+    parser.add_argument('--samples', type=int, default=20, help='key frames per scene')
     args = parser.parse_args()
+    if args.scenes < 1 or args.samples < 2:
+        parser.error(f'need --scenes >= 1 and --samples >= 2, got {args.scenes} and '
+                     f'{args.samples}')
     start = time.time()
     work = args.work_dir
     dense, mdp = osp.join(work, 'dense'), osp.join(work, 'mdp45')
     table = osp.join(work, 'latency_table.json')
-    no_val = 'train_cfg.val_interval=1000'  # evaluation is its own step below
+    # Evaluation is its own step below (MMEngine would also validate at the last iteration).
+    no_val = f'train_cfg.val_begin={10**9}'
 
+    check_existing_data(DATA, args.scenes, args.samples)
     run('synthetic nuScenes', ['tools/make_synthetic_nuscenes.py', DATA, '--scenes',
                                str(args.scenes), '--samples', str(args.samples),
-                               '--image-size', '400', '225'], done=DATA)
+                               '--image-size', *map(str, IMAGE_SIZE)], done=DATA)
     run('info files', ['tools/create_data.py', 'nuscenes', '--root-path', DATA, '--version',
                        'v1.0-mini', '--out-dir', DATA],
         done=osp.join(DATA, 'nuscenes_infos_val.pkl'))
@@ -53,7 +82,9 @@ def main():
                           '--repeats', '5', '--warmup', '1', '--samples', '12'], done=table)
     run('MDP-45% pruning and fine-tuning',
         ['tools/train.py', MDP, '--work-dir', mdp, '--cfg-options', f'load_from={dense_ckpt}',
-         f'custom_hooks.1.latency_table={table}', no_val])
+         f'custom_hooks.1.latency_table={table}', f'custom_hooks.0.end={SALIENCY_ITERS}',
+         f'custom_hooks.1.at_iter={SALIENCY_ITERS}', f'train_cfg.max_iters={FINETUNE_ITERS}',
+         f'default_hooks.checkpoint.interval={FINETUNE_ITERS}', no_val])
     export = osp.join(mdp, 'export')
     run('export', ['tools/export_pruned.py', MDP, last_checkpoint(mdp), '--out', export])
     runs = [(dense, DENSE, dense_ckpt),
