@@ -8,8 +8,8 @@
 #   norm_eval, as fine-tuning a pretrained backbone wants; frozen at their initial statistics
 #   they would leave random activations unnormalised, 25x larger by layer4);
 # - the backbone learns at the head's rate (the full recipe slows a pretrained one down);
-# - no global rotation / scale augmentation and a narrow resize range: fewer things to learn
-#   in a few hundred iterations.
+# - no global rotation / scale augmentation, no GridMask and a narrow resize range: fewer
+#   things to learn in a few hundred iterations.
 _base_ = ['./streampetr_r50_704_dense.py']
 
 data_root = 'data/synthetic_nuscenes/'
@@ -22,6 +22,7 @@ max_iters = 250
 warmup_iters = 50
 
 model = dict(
+    grid_mask=None,
     img_backbone=dict(norm_cfg=dict(type='BN2d', requires_grad=True), norm_eval=False),
     pts_bbox_head=dict(
         num_query=60, num_propagated=16, memory_len=64, topk_proposals=16, depth_num=16,
