@@ -123,10 +123,11 @@ def _kept_indices(structure: Structure, choice: StructureChoice) -> dict:
             for g in structure.groups}
 
 
-def _replace_removed_blocks(model, structure, choice, path) -> None:
+def _replace_removed_blocks(model, structure, choice, path, backbone_only=False) -> None:
     for block in structure.blocks:
         if block.name in choice.removed_blocks and block.kind == DECODER_LAYER:
-            model.set_submodule(block.name, PassQuery())
+            if not backbone_only:
+                model.set_submodule(block.name, PassQuery())
         elif block.name in choice.removed_blocks:
             shortcut = (nn.Sequential(*[model.get_submodule(path(p)) for p in block.shortcut])
                         if block.shortcut else None)
@@ -160,7 +161,7 @@ def prune_copy(model: nn.Module, structure: Structure, choice: StructureChoice,
             for part in structure.valued_parts:
                 if part.block not in choice.removed_blocks:
                     _slice_part(pruned, part, choice.kept(structure, part.group))
-    _replace_removed_blocks(pruned, structure, choice, path)
+    _replace_removed_blocks(pruned, structure, choice, path, backbone_only)
     return pruned
 
 
@@ -179,5 +180,5 @@ def mask_pruned_(model: nn.Module, structure: Structure, choice: StructureChoice
             for param in (conv.weight, conv.bias, bn.weight, bn.bias):
                 if param is not None:
                     param[drop.to(param.device)] = 0
-    _replace_removed_blocks(model, structure, choice, path)
+    _replace_removed_blocks(model, structure, choice, path, backbone_only)
     return model

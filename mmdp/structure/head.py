@@ -35,6 +35,10 @@ class Part:
     gate: Optional[str]
     shapes: tuple
     bias: bool = True  # whether its Linears have biases
+    out_features: int = 0  # the width it returns (embed dims; a neck conv's output channels)
+    # The group whose choice multiplies its cost besides its own (a token count; none yet):
+    # with it the part's latency is a table over (own width, input_group width), as a conv's.
+    input_group: Optional[str] = None
 
 
 def _attention_parts(layer_path: str, layer: nn.Module, block: str) -> list:
@@ -45,7 +49,7 @@ def _attention_parts(layer_path: str, layer: nn.Module, block: str) -> list:
         mods = tuple(f'{path}.{m}' for m in ('q_proj', 'k_proj', 'v_proj', 'out_proj'))
         head = attn.q_proj.out_features // attn.num_heads
         parts.append(Part(path, ATTENTION, f'{path}.heads', block, mods, attn.num_heads, head,
-                          mods[3], (), attn.q_proj.bias is not None))
+                          mods[3], (), attn.q_proj.bias is not None, attn.out_proj.out_features))
     return parts
 
 
@@ -58,13 +62,14 @@ def head_parts(model: nn.Module, head: str = 'pts_bbox_head') -> tuple:
     parts.append(Part(f'{head}.position_encoder', MLP, f'{head}.position_encoder.hidden', None,
                       (f'{head}.position_encoder.0', f'{head}.position_encoder.2'),
                       pe[0].out_features, 1, f'{head}.position_encoder.2', (),
-                      pe[0].bias is not None))
+                      pe[0].bias is not None, pe[2].out_features))
     for i, layer in enumerate(net.decoder.layers):
         path = f'{head}.decoder.layers.{i}'
         blocks.append(Block(path, (), (), DECODER_LAYER))
         parts.append(Part(f'{path}.ffn', MLP, f'{path}.ffn.hidden', path,
                           (f'{path}.ffn.0', f'{path}.ffn.3'), layer.ffn[0].out_features, 1,
-                          f'{path}.ffn.3', (), layer.ffn[0].bias is not None))
+                          f'{path}.ffn.3', (), layer.ffn[0].bias is not None,
+                          layer.ffn[3].out_features))
         parts += _attention_parts(path, layer, path)
     for part in parts:
         groups[part.group] = part.units
@@ -73,10 +78,14 @@ def head_parts(model: nn.Module, head: str = 'pts_bbox_head') -> tuple:
 
 def neck_parts(consumers: list, model: nn.Module) -> list:
     """The neck's lateral convs as cost-only parts of the backbone group they read."""
+    from .derive import UnsupportedStructureError
     parts = []
     for c in consumers:
+        conv = model.get_submodule(c.name)
+        if tuple(conv.kernel_size) != (1, 1) or tuple(conv.stride) != (1, 1):
+            raise UnsupportedStructureError(f'{c.name}: only 1x1 lateral convs are timed')
         parts.append(Part(c.name, NECK_CONV, c.group, None, (c.name,), c.in_channels, 1, None,
-                          (c.input_shape,)))
+                          (c.input_shape,), conv.bias is not None, conv.out_channels))
     return parts
 
 
