@@ -1,15 +1,22 @@
 """Whole-detector pruning: the head's dimensions (position encoder width, FFN widths, attention
 heads, decoder layers) go through the same structure -> masks -> export path as the backbone."""
 import copy
+import glob
+import importlib.util
+import json
+import os.path as osp
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 import torch
 from mmdet3d.registry import MODELS
 from mmengine.registry import init_default_scope
+from mmengine.runner import load_checkpoint
 
 from mmdp.config_utils import load_config
-from mmdp.pruning import PruningMasks
+from mmdp.pruning import CHECKPOINT_KEY, PruningMasks, PruningState
 from mmdp.structure import StructureChoice, derive_structure, prune_copy
 from projects.streampetr.fake_inputs import fake_frame
 
@@ -115,3 +122,96 @@ def test_masked_head_equals_exported_head_over_a_sequence(model, structure):
     assert not torch.allclose(dense[0][0], a[0][0], atol=1e-3)  # the choice changed something
     for h in handles:
         h.remove()
+
+
+# ------------------------------------------------------------ end to end: train, export, test
+WHOLE_CONFIG = 'configs/streampetr_mdp45_whole_small_cpu.py'
+TABLE_SHAPE = (6, 3, 64, 128)  # six views at a small size keep the CPU profile short
+
+
+def load_tool(name):
+    spec = importlib.util.spec_from_file_location(name, osp.join('tools', f'{name}.py'))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope='module')
+def whole_run(nusc_infos, tmp_path_factory):
+    """Profile the whole-detector table, train through the event (saliency over iterations
+    0-2, the event before iteration 3, fine-tuning iteration 3), export the checkpoint."""
+    tmp = tmp_path_factory.mktemp('whole')
+    table = str(tmp / 'table.json')
+    load_tool('profile_latency').main([
+        WHOLE_CONFIG, '--out', table, '--step', '128', '--repeats', '1', '--warmup', '1',
+        '--samples', '3', '--input-shape', *map(str, TABLE_SHAPE)])
+    work = str(tmp / 'work')
+    root = nusc_infos['root'] + '/'
+    proc = subprocess.run([
+        sys.executable, 'tools/train.py', WHOLE_CONFIG, '--work-dir', work, '--cfg-options',
+        f'train_dataloader.dataset.data_root={root}',
+        f'train_dataloader.dataset.ann_file={nusc_infos["train"]}',
+        f'latency_input_shape={TABLE_SHAPE}', f'custom_hooks.1.latency_table={table}',
+        'val_cfg=None', 'val_dataloader=None', 'val_evaluator=None', 'randomness.seed=0',
+        'train_cfg.max_iters=4', 'default_hooks.checkpoint.interval=4'],
+        capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = str(tmp / 'exported')
+    load_tool('export_pruned').main([WHOLE_CONFIG, osp.join(work, 'iter_4.pth'), '--out', out])
+    return dict(work=work, out=out, infos=nusc_infos)
+
+
+def test_training_prunes_the_head_and_keeps_its_pruned_units_zero(whole_run):
+    summary, = glob.glob(osp.join(whole_run['work'], 'pruning', '*_summary.json'))
+    with open(summary) as f:
+        groups = json.load(f)['groups']
+    assert any(g.startswith(HEAD) for g in groups)
+    ckpt = torch.load(osp.join(whole_run['work'], 'iter_4.pth'), map_location='cpu',
+                      weights_only=False)
+    state = PruningState.from_dict(ckpt[CHECKPOINT_KEY])
+    cfg = load_config(WHOLE_CONFIG)
+    init_default_scope('mmdet3d')
+    net = MODELS.build(cfg.model)
+    structure = derive_structure(net, TABLE_SHAPE, head=HEAD)
+    masks = PruningMasks(structure, state.choice())
+    head_masks = [n for n in masks.masks if n.startswith(HEAD)]
+    assert head_masks, 'the solver pruned nothing in the head'
+    # A fine-tuning iteration ran after the event: gradients and AdamW state of pruned
+    # entries stayed zero, or these entries would have moved.
+    for name in head_masks:
+        param, keep = ckpt['state_dict'][name], masks.masks[name]
+        assert not param[~keep.expand_as(param)].any(), name
+
+
+def test_exported_detector_equals_the_masked_one_and_the_tools_run_it(whole_run):
+    cfg = load_config(osp.join(whole_run['out'], 'pruned.py'))
+    init_default_scope('mmdet3d')
+    exported = MODELS.build(cfg.model)
+    load_checkpoint(exported, osp.join(whole_run['out'], 'pruned.pth'), map_location='cpu',
+                    strict=True)
+    exported.eval()
+    masked_cfg = load_config(WHOLE_CONFIG)
+    masked = MODELS.build(masked_cfg.model)
+    ckpt = torch.load(osp.join(whole_run['work'], 'iter_4.pth'), map_location='cpu',
+                      weights_only=False)
+    masked.load_state_dict(ckpt['state_dict'])
+    masked.eval()
+    structure = derive_structure(masked, TABLE_SHAPE, head=HEAD)
+    PruningMasks(structure, PruningState.from_dict(ckpt[CHECKPOINT_KEY]).choice()).bypass(masked)
+    h, w = masked_cfg.img_size
+    frames = [fake_frame(h, w, 0, scene='a'), fake_frame(h, w, 1, scene='a'),
+              fake_frame(h, w, 2, scene='b', prev_exists=False)]
+    for fa, fb in zip(run(masked, frames), run(exported, frames)):
+        for ta, tb in zip(fa, fb):
+            if torch.is_tensor(ta):
+                torch.testing.assert_close(ta, tb, rtol=1e-5, atol=1e-5)
+    root = whole_run['infos']['root'] + '/'
+    val = whole_run['infos']['val']
+    proc = subprocess.run([
+        sys.executable, 'tools/test.py', osp.join(whole_run['out'], 'pruned.py'),
+        osp.join(whole_run['out'], 'pruned.pth'), '--work-dir', osp.join(whole_run['out'], 't'),
+        '--cfg-options', f'test_dataloader.dataset.data_root={root}',
+        f'test_dataloader.dataset.ann_file={val}', f'test_evaluator.data_root={root}',
+        f'test_evaluator.ann_file={val}'], capture_output=True, text=True)
+    assert 'NuScenes metric/pred_instances_3d_NuScenes/NDS' in proc.stdout + proc.stderr, \
+        proc.stderr[-3000:]

@@ -54,17 +54,19 @@ def _attention_parts(layer_path: str, layer: nn.Module, block: str) -> list:
 
 
 def head_parts(model: nn.Module, head: str = 'pts_bbox_head') -> tuple:
-    """(groups, parts, blocks) of the head at `head` (shapes not yet recorded)."""
+    """(groups, parts, blocks) of the head at `head` ('' when `model` is the head itself;
+    shapes not yet recorded)."""
     from .derive import Block
     net = model.get_submodule(head)
+    p = f'{head}.' if head else ''
     groups, parts, blocks = {}, [], []
     pe = net.position_encoder
-    parts.append(Part(f'{head}.position_encoder', MLP, f'{head}.position_encoder.hidden', None,
-                      (f'{head}.position_encoder.0', f'{head}.position_encoder.2'),
-                      pe[0].out_features, 1, f'{head}.position_encoder.2', (),
+    parts.append(Part(f'{p}position_encoder', MLP, f'{p}position_encoder.hidden', None,
+                      (f'{p}position_encoder.0', f'{p}position_encoder.2'),
+                      pe[0].out_features, 1, f'{p}position_encoder.2', (),
                       pe[0].bias is not None, pe[2].out_features))
     for i, layer in enumerate(net.decoder.layers):
-        path = f'{head}.decoder.layers.{i}'
+        path = f'{p}decoder.layers.{i}'
         blocks.append(Block(path, (), (), DECODER_LAYER))
         parts.append(Part(f'{path}.ffn', MLP, f'{path}.ffn.hidden', path,
                           (f'{path}.ffn.0', f'{path}.ffn.3'), layer.ffn[0].out_features, 1,
