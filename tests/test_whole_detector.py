@@ -16,8 +16,9 @@ from mmengine.registry import init_default_scope
 from mmengine.runner import load_checkpoint
 
 from mmdp.config_utils import load_config
+from mmdp.importance import TaylorSaliency
 from mmdp.pruning import CHECKPOINT_KEY, PruningMasks, PruningState
-from mmdp.structure import StructureChoice, derive_structure, prune_copy
+from mmdp.structure import Structure, StructureChoice, derive_structure, prune_copy
 from projects.streampetr.fake_inputs import fake_frame
 
 CONFIG = 'configs/streampetr_r50_small_cpu.py'
@@ -215,3 +216,48 @@ def test_exported_detector_equals_the_masked_one_and_the_tools_run_it(whole_run)
         f'test_evaluator.ann_file={val}'], capture_output=True, text=True)
     assert 'NuScenes metric/pred_instances_3d_NuScenes/NDS' in proc.stdout + proc.stderr, \
         proc.stderr[-3000:]
+
+
+def head_loss(model, frame):
+    model.reset_memory()
+    data = model.data_preprocessor(copy.deepcopy(frame), False)
+    outs = model._forward(data['inputs'], data['data_samples'])
+    return sum(t.pow(2).mean() for t in outs if torch.is_tensor(t))
+
+
+def test_head_saliency_is_the_gradient_of_a_unit_gate(model, structure):
+    """The collector's value of a head unit is the window mean of |dL/dg| for a gate g = 1
+    multiplying the unit (an MLP unit, or a head's 32 features) where the next Linear reads it."""
+    frames = [fake_frame(*SHAPE[2:], i) for i in range(2)]
+    gated = copy.deepcopy(model)
+    gates, handles = {}, []
+    for part in structure.valued_parts:
+        gate = torch.ones(part.units, requires_grad=True)
+        gates[part.name] = gate
+
+        def multiply(module, args, gate=gate, unit=part.unit):
+            return (args[0] * gate.repeat_interleave(unit),)
+        handles.append(gated.get_submodule(part.gate).register_forward_pre_hook(multiply))
+    expected = []
+    for frame in frames:
+        for gate in gates.values():
+            gate.grad = None
+        head_loss(gated, frame).backward()
+        expected.append({n: g.grad.abs().double() for n, g in gates.items()})
+    for h in handles:
+        h.remove()
+
+    net = copy.deepcopy(model)
+    collector = TaylorSaliency(net, structure)
+    collector.start()
+    for frame in frames:
+        collector.begin_iteration()
+        head_loss(net, frame).backward()
+        assert collector.end_iteration()
+    collector.stop()
+    average = collector.average()
+    for part in structure.valued_parts:
+        want = (expected[0][part.name] + expected[1][part.name]) / 2
+        torch.testing.assert_close(average[part.name], want, rtol=1e-4, atol=1e-12)
+        assert float(want.max()) > 0
+    assert Structure.from_dict(structure.to_dict()) == structure
