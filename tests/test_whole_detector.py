@@ -261,3 +261,13 @@ def test_head_saliency_is_the_gradient_of_a_unit_gate(model, structure):
         torch.testing.assert_close(average[part.name], want, rtol=1e-4, atol=1e-12)
         assert float(want.max()) > 0
     assert Structure.from_dict(structure.to_dict()) == structure
+
+
+def test_a_backbone_only_latency_table_is_refused_for_a_whole_detector_run(model, structure):
+    from mmdp.latency import LatencyTable, make_meta
+    backbone_only = derive_structure(model, SHAPE)
+    table = LatencyTable.new(backbone_only, make_meta('cpu', 'fp32', SHAPE, 128, 'eager', 1, 0))
+    with pytest.raises(ValueError, match=r"part 'img_neck.lateral_convs.0.conv' \(head or neck\) "
+                                         r"is only in the model: profile the table"):
+        table.check_structure(structure)
+    LatencyTable.new(structure, table.meta).check_structure(structure)
