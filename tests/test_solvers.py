@@ -22,7 +22,7 @@ from mmdp.solvers import exhaustive
 from mmdp.solvers.base import ChoiceSpace
 from mmdp.solvers.halp import exact_mckp, greedy_augmented
 from mmdp.solvers.mdp import build_model
-from mmdp.solvers.synthetic import random_problem, resnet_problem
+from mmdp.solvers.synthetic import random_problem, resnet_problem, whole_detector_problem
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXACT = dict(mip_rel_gap=0.0)
@@ -424,7 +424,11 @@ def _broken(edit):
 
 MALFORMED = [
     (lambda d: d.pop('budget'), "missing key 'budget'"),
-    (lambda d: d.update(version=2), "'version' is 2"),
+    (lambda d: d.update(version=3), "'version' is 3"),
+    (lambda d: d.update(version=2) or d['groups'][next(iter(d['groups']))].update(kind='rows'),
+     "'kind' is 'rows'"),
+    (lambda d: d.update(version=2) or d['groups'][next(iter(d['groups']))].update(unit=0),
+     "'unit' must be a positive integer"),
     (lambda d: d.update(budget='fast'), "'budget' must be a finite number"),
     (lambda d: d['groups']['c'].update(widths=[4, 2, 6]), "group 'c': 'widths' must be strictly"),
     (lambda d: d['groups']['a'].update(widths=[]), "group 'a': 'widths' must be a non-empty"),
@@ -520,3 +524,33 @@ def test_solve_tool_rejects_bad_input(tmp_path):
     assert main([str(tmp_path / 'r34.json'), '--time-limit', '0.01', '--options',
                  'require_optimal=True', '--out', out]) == 3
     assert not os.path.exists(out)
+
+
+def test_version_2_keeps_group_kinds_and_version_1_files_still_solve():
+    v1 = resnet_problem(18, 64, True, 0.6)
+    assert v1.to_dict()['version'] == 1
+    v2 = whole_detector_problem(50, 64, 0.55)
+    data = v2.to_dict()
+    assert data['version'] == 2
+    heads = data['groups']['head.decoder.layers.0.cross_attn.heads']
+    assert heads['kind'] == 'heads' and heads['unit'] == 32 and heads['widths'] == list(range(1, 9))
+    assert Problem.from_dict(data).to_dict() == data
+    for problem in (v1, v2):
+        assert build_solver('mdp').solve(problem).status == 'optimal'
+
+
+def test_whole_detector_mdp_is_exact_and_beats_halp():
+    """On the whole-detector program the MILP's optimum is at least HALP's answer, within the
+    budget, and a removed decoder layer drops its parts' value and latency."""
+    problem = whole_detector_problem(50, 64, 0.5)
+    mdp = build_solver('mdp').solve(problem)
+    halp = build_solver(dict(type='halp', method='exact')).solve(problem)
+    assert mdp.status == 'optimal' and problem.fits(mdp.latency)
+    assert mdp.objective >= halp.objective - 1e-9 * abs(halp.objective)
+    dense = {g: ws[-1] for g, ws in problem.groups.items()}
+    full_value, full_ms = problem.evaluate(dense)
+    value, ms = problem.evaluate(dense, ['head.decoder.layers.3'])
+    parts = [l for l in problem.layers if l.block == 'head.decoder.layers.3']
+    assert len(parts) == 3
+    assert full_value - value == pytest.approx(sum(l.importance[-1] for l in parts))
+    assert full_ms - ms == pytest.approx(sum(l.latency[-1] for l in parts))

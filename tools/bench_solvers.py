@@ -3,9 +3,13 @@
     python tools/bench_solvers.py                        # ResNet-18..152, chunks 8/16/32
     python tools/bench_solvers.py --quick                # ResNet-50 and -101, 32-channel chunks
     python tools/bench_solvers.py --depths 50 --chunks 32 --blocks on --time-limit 60
+    python tools/bench_solvers.py --whole --quick --solvers mdp  # whole StreamPETR-R50, chunk 32
 
 Problems: mmdp.solvers.synthetic.resnet_problem (budget 55% of dense by default), with every
-block removable ('on') or none ('off'). Solvers: HALP exact and greedy (one shot, inputs frozen
+block removable ('on') or none ('off'); with `--whole`, mmdp.solvers.synthetic.
+whole_detector_problem: the backbone with the neck's lateral convs and StreamPETR's head
+(position encoder width, per decoder layer FFN width, self/cross-attention heads, removable
+layers) in one version-2 problem, every block and decoder layer removable. Solvers: HALP exact and greedy (one shot, inputs frozen
 at the dense widths), HALP exact replaying its 30-step schedule offline, and MDP (MILP, HiGHS).
 `seconds` is wall time (model building included), `cpu_s` the process's CPU time, which is what
 to compare when other jobs share the cores.
@@ -20,7 +24,7 @@ from tqdm import tqdm
 
 from mmdp.solvers import build_solver
 from mmdp.solvers.mdp import build_model
-from mmdp.solvers.synthetic import RESNETS, resnet_problem
+from mmdp.solvers.synthetic import RESNETS, resnet_problem, whole_detector_problem
 
 SOLVERS = {
     'halp-exact': dict(type='halp', method='exact'),
@@ -42,6 +46,8 @@ def parse_args(argv=None):
     parser.add_argument('--seed', type=int, default=0)
     parser.add_argument('--quick', action='store_true',
                         help='only ResNet-50 and ResNet-101 with 32-channel chunks')
+    parser.add_argument('--whole', action='store_true',
+                        help='whole-detector StreamPETR problems (backbone, neck and head)')
     parser.add_argument('--save-problems', help='folder to save each problem JSON into')
     parser.add_argument('--out', help='write the rows as JSON lines here')
     return parser.parse_args(argv)
@@ -61,6 +67,9 @@ def main(argv=None):
     if args.quick:
         args.depths, args.chunks = [50, 101], [32]
     block_modes = {'on': [True], 'off': [False], 'both': [True, False]}[args.blocks]
+    if args.whole:
+        args.depths = [d for d in args.depths if RESNETS[d][0]]  # bottleneck ResNets
+        block_modes = [True]
     cases = [(d, c, b) for d in args.depths for c in args.chunks for b in block_modes]
     header = (f"{'problem':<11}{'chunk':>6}{'blocks':>7}{'groups':>7}{'layers':>7}"
               f"{'milp_vars':>10}  {'solver':<13}{'status':<11}{'objective':>12}"
@@ -69,8 +78,12 @@ def main(argv=None):
     print('-' * len(header))
     rows = []
     for depth, chunk, blocks in tqdm(cases, desc='problems', leave=False, disable=None):
-        problem = resnet_problem(depth, chunk, blocks, args.budget_ratio, seed=args.seed)
-        name = f'resnet{depth}'
+        if args.whole:
+            problem = whole_detector_problem(depth, chunk, args.budget_ratio, seed=args.seed)
+            name = f'spetr-r{depth}'
+        else:
+            problem = resnet_problem(depth, chunk, blocks, args.budget_ratio, seed=args.seed)
+            name = f'resnet{depth}'
         if args.save_problems:
             problem.save(os.path.join(args.save_problems,
                                       f'{name}_c{chunk}_{"blocks" if blocks else "noblocks"}.json'))

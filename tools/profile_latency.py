@@ -1,4 +1,5 @@
-"""Profile the latency table of a model's backbone.
+"""Profile the latency table of a model's backbone (and, with `--head` or a config's
+`prunable_head`, of the head's prunable parts and the neck's lateral convs).
 
     python tools/profile_latency.py CONFIG --out TABLE [--dtype fp32|fp16] [--step 32]
         [--mode eager|cudagraph] [--input-shape N C H W] [--repeats R] [--samples S]
@@ -18,10 +19,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's 
 
 import torch  # noqa: E402
 
+from mmdp.config_utils import load_config  # noqa: E402
 from mmdp.cli import UsageError, check_device, check_writable, counts, entry  # noqa: E402
 from mmdp.latency import (DTYPES, MODES, TERMS, LatencyTable, MeasuredLatency, Timer,  # noqa: E402
                           build_from_config, device_name, fit_table, make_meta,
-                          measure_samples, profile_layers)
+                          measure_samples, profile_layers, profile_parts)
 from mmdp.structure import derive_structure  # noqa: E402
 
 # Settings a resumed run must share with the partial table it continues.
@@ -46,6 +48,9 @@ def parse_args(argv=None):
     parser.add_argument('--seed', type=int, default=0)
     parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
     parser.add_argument('--threads', type=counts(1), help='CPU threads (torch.set_num_threads)')
+    parser.add_argument('--head', help="the detector's head to time with the backbone (its "
+                        "prunable parts and the neck's convs), e.g. pts_bbox_head; default: "
+                        "the config's `prunable_head`, else the backbone alone")
     args = parser.parse_args(argv)
     if args.samples < len(TERMS) - 1:
         parser.error(f'--samples must be at least {len(TERMS) - 1} to fit {len(TERMS)} '
@@ -77,7 +82,8 @@ def main(argv=None) -> LatencyTable:
         torch.set_num_threads(args.threads)
     timer = Timer(args.device, args.mode, args.repeats, args.warmup)  # refuses a bad mode early
     model, input_shape = build_from_config(args.config, args.input_shape)
-    structure = derive_structure(model, input_shape)
+    head = args.head or load_config(args.config).get('prunable_head')
+    structure = derive_structure(model, input_shape, head=head)
     backbone = model.get_submodule(structure.backbone) if structure.backbone else model
     meta = make_meta(args.device, args.dtype, input_shape, args.step, args.mode, args.repeats,
                      args.warmup, os.path.abspath(args.config))
@@ -89,6 +95,7 @@ def main(argv=None) -> LatencyTable:
         table.save(args.out)
 
     profile_layers(table, timer, DTYPES[args.dtype], save)
+    profile_parts(table, timer, DTYPES[args.dtype], save)
     measured = MeasuredLatency(backbone, input_shape, structure, args.device, args.dtype,
                                args.mode, args.repeats, args.warmup)
     measure_samples(table, measured, args.samples, args.seed, save)

@@ -41,6 +41,17 @@ def _check_masked(model, structure, choice, checkpoint: str) -> None:
                              'pruning hooks')
 
 
+def _pruned_head(head: str, structure, choice) -> dict:
+    """The `PrunedStreamPETRHead` settings of `choice` (names relative to the head)."""
+    prefix = head + '.'
+    groups = {p.group for p in structure.valued_parts}
+    widths = {g[len(prefix):]: w for g, w in choice.all_widths(structure).items()
+              if g in groups and w != structure.groups[g]}
+    removed = [b[len(prefix):] for b in structure.block_names
+               if b in choice.removed_blocks and b.startswith(prefix)]
+    return dict(type='PrunedStreamPETRHead', widths=widths, removed_layers=removed)
+
+
 def _pruned_config_text(config: str, cfg, structure, choice, weights: str,
                         checkpoint: str) -> str:
     """`config` with the backbone at `structure.backbone` replaced by a `PrunedResNet` of
@@ -49,12 +60,15 @@ def _pruned_config_text(config: str, cfg, structure, choice, weights: str,
         raise ValueError('export needs a detector config whose backbone is a module of the model')
     prefix = structure.backbone + '.'
     widths = {g[len(prefix):]: w for g, w in choice.all_widths(structure).items()
-              if w != structure.groups[g]}
-    removed = [b[len(prefix):] for b in structure.block_names if b in choice.removed_blocks]
+              if w != structure.groups[g] and g.startswith(prefix)}
+    removed = [b[len(prefix):] for b in structure.block_names
+               if b in choice.removed_blocks and b.startswith(prefix)]
     imports = list(cfg.get('custom_imports', {}).get('imports', []))
     hooks = [h for h in cfg.to_dict().get('custom_hooks', []) if h.get('type') not in PRUNING_HOOKS]
     backbone = dict(type='PrunedResNet', init_cfg=None, widths=widths, removed_blocks=removed)
     model = {structure.backbone: backbone}
+    if structure.parts:
+        model[cfg.prunable_head] = _pruned_head(cfg.prunable_head, structure, choice)
     if structure.consumers:
         neck = structure.consumers[0].name.split('.')[0]
         neck_inputs = cfg.model[neck].in_channels
@@ -75,7 +89,7 @@ def _pruned_config_text(config: str, cfg, structure, choice, weights: str,
     header = [f'# Written by tools/export_pruned.py from {osp.basename(checkpoint)} of '
               f'{osp.basename(config)}:',
               '# the training config (all of it: nothing here refers to other files) with its',
-              '# backbone physically pruned.', '']
+              '# backbone (and head) physically pruned.', '']
     return '\n'.join(header) + out.pretty_text + '\n'
 
 
@@ -94,7 +108,10 @@ def export_pruned(config: str, checkpoint: str, out_dir: str,
                          'pruned yet')
     model.load_state_dict(ckpt['state_dict'], strict=True)
     model.eval()
-    structure = derive_structure(model, PROBE_SHAPE)
+    # A whole-detector run (`prunable_head`) probes its head with the six views it expects.
+    head = cfg.get('prunable_head')
+    structure = derive_structure(model, (6, *PROBE_SHAPE[1:]) if head else PROBE_SHAPE,
+                                 head=head)
     choice = state.choice()
     choice.check(structure)
     _check_masked(model, structure, choice, checkpoint)

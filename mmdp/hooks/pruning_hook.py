@@ -250,6 +250,14 @@ class PruningHook(Hook):
     def after_train(self, runner) -> None:
         self._remove_grad_hooks()
 
+    def before_test(self, runner) -> None:
+        """A masked checkpoint tested as it is: its removed decoder layers must pass their query
+        on (zero weights do not make a post-norm layer an identity; none in a backbone-only
+        run)."""
+        if self.state.pruned:
+            self._bypass = PruningMasks(runner_structure(runner), self.state.choice()).bypass(
+                bare_model(runner))
+
     def _remove_grad_hooks(self) -> None:
         for handle in self._grad_hooks:
             handle.remove()

@@ -25,4 +25,5 @@ def runner_structure(runner) -> Structure:
         raise ValueError("the config has no 'latency_input_shape': set it to the (N, C, H, W) "
                          'of the backbone input the latency table is profiled at, e.g. '
                          '(6, 3, 256, 704) for six 704x256 views')
-    return derive_structure(bare_model(runner), shape)
+    # `prunable_head` (whole-detector configs): the head's dimensions join the structure.
+    return derive_structure(bare_model(runner), shape, head=runner.cfg.get('prunable_head'))

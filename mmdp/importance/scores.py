@@ -9,12 +9,17 @@ import torch
 from mmdp.structure import Structure
 
 
+def _valued(structure: Structure) -> list:
+    """Everything with a value per unit: prunable convs and the head's parts."""
+    return list(structure.layers) + structure.valued_parts
+
+
 def group_scores(structure: Structure, values: dict) -> dict:
     """{group: per-channel score}: |sum of its layers' values|. For `TaylorSaliency.average()`
     (non-negative, each layer's share of its group's score) that is the window mean of |sum of
     s over the group's layers|; for one iteration's raw s it is that iteration's score."""
     totals = {}
-    for layer in structure.layers:
+    for layer in _valued(structure):
         v = torch.as_tensor(values[layer.name], dtype=torch.float64)
         totals[layer.group] = totals.get(layer.group, 0) + v
     return {group: total.abs() for group, total in totals.items()}
@@ -40,10 +45,12 @@ def layer_values(structure: Structure, values: dict, order: dict) -> Callable:
     layer keeping the first `w` channels of its group's order is the sum of their values in
     that layer."""
     prefix = {}
-    for layer in structure.layers:
+    for layer in _valued(structure):
         v = torch.as_tensor(values[layer.name], dtype=torch.float64).numpy()
         prefix[layer.name] = np.concatenate([[0.0], np.cumsum(v[order[layer.group]])])
 
     def importance(layer_name: str, widths) -> list:
+        if layer_name not in prefix:  # a cost-only part (a neck conv)
+            return [0.0] * len(widths)
         return [float(prefix[layer_name][w]) for w in widths]
     return importance

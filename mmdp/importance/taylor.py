@@ -9,6 +9,12 @@ values add up to the group's. A lone layer's value is |s|. The window's value of
 mean of these per-iteration values (NVlabs/MDP prune/pruning.py, update_neuron_metric_mdp;
 NVlabs/HALP prune/importance.py, which keeps the group score only).
 
+The head's units (MLP hidden units, attention heads; `Structure.valued_parts`) have no BN: each
+gets a multiplicative gate g = 1 on the input of the Linear that reads it (the FFN's second
+Linear, out_proj), and its s is the first-order Taylor term dL/dg = sum over the unit's
+features and tokens of x * dL/dx. Each unit is its own group, so its value is |s| per
+iteration and then the window mean, the same statistic as a channel's.
+
 The gradients are read while backward runs (tensor hooks on gamma and beta), because MMEngine's
 OptimWrapper does backward, step and zero_grad inside one `train_step`: nothing is left to read
 after it. With a loss scaler the gradients are divided by its scale. Under DDP each rank reads
@@ -41,13 +47,17 @@ class TaylorSaliency:
 
     def __init__(self, model: nn.Module, structure: Structure):
         self.bns = {layer.name: model.get_submodule(layer.bn) for layer in structure.layers}
-        sizes = [bn.num_features for bn in self.bns.values()]
-        self.offsets = dict(zip(self.bns, torch.tensor([0] + sizes).cumsum(0).tolist()))
-        self.sizes = dict(zip(self.bns, sizes))
+        self.gates = {part.name: (model.get_submodule(part.gate), part)
+                      for part in structure.valued_parts}
+        sizes = ([bn.num_features for bn in self.bns.values()]
+                 + [part.units for _, part in self.gates.values()])
+        names = list(self.bns) + list(self.gates)
+        self.offsets = dict(zip(names, torch.tensor([0] + sizes).cumsum(0).tolist()))
+        self.sizes = dict(zip(names, sizes))
         device = next(iter(self.bns.values())).weight.device
         # Per group, the positions of its layers' channels in the flat buffer: (layers, C).
         members = {}
-        for layer in structure.layers:
+        for layer in list(structure.layers) + structure.valued_parts:
             members.setdefault(layer.group, []).append(layer.name)
         self._groups = [torch.stack([torch.arange(self.offsets[n], self.offsets[n] + self.sizes[n],
                                                   device=device) for n in names])
@@ -78,6 +88,8 @@ class TaylorSaliency:
                     self._unfrozen.append(param)
                     self._handles.append(param.register_post_accumulate_grad_hook(_drop_grad))
                 self._handles.append(param.register_hook(self._reader(name, param)))
+        for name, (module, part) in self.gates.items():
+            self._handles.append(module.register_forward_pre_hook(self._gate_reader(name, part)))
 
     def stop(self) -> None:
         for handle in self._handles:
@@ -94,6 +106,20 @@ class TaylorSaliency:
             if self._scale is not None:  # only inside begin/end_iteration
                 view.add_(param.detach().float() * grad.float())
         return read
+
+    def _gate_reader(self, name: str, part):
+        view = self._buffer[self.offsets[name]:self.offsets[name] + self.sizes[name]]
+
+        def watch(module, args) -> None:
+            x = args[0]
+            if self._scale is None or not x.requires_grad:
+                return
+
+            def read(grad: torch.Tensor) -> None:
+                s = (x.detach().float() * grad.float()).reshape(-1, part.units, part.unit)
+                view.add_(s.sum((0, 2)))
+            x.register_hook(read)
+        return watch
 
     def begin_iteration(self, loss_scale: float = 1.0) -> None:
         """`loss_scale`: the factor the loss is multiplied by before backward (AMP)."""

@@ -14,6 +14,7 @@ import torch
 from scipy.optimize import nnls
 
 from mmdp.structure import Structure, StructureChoice, derive_structure, prune_copy
+from mmdp.structure.head import ATTENTION, Part
 
 from .registry import LATENCY_MODELS
 from .table import LatencyTable, width_grid
@@ -21,6 +22,24 @@ from .timer import DTYPES, Timer
 
 # Order of the fitted terms of the LUT models.
 TERMS = ('scale', 'per_block', 'per_element', 'constant')
+
+
+def group_widths(structure: Structure, step: int) -> dict:
+    """The widths a problem offers per group: the stem's full width only, every head count of an
+    attention, multiples of `step` (then the full width) elsewhere."""
+    heads = {p.group for p in structure.parts if p.kind == ATTENTION}
+    return {g: [full] if g in structure.fixed_groups else
+            list(range(1, full + 1)) if g in heads else width_grid(full, step)
+            for g, full in structure.groups.items()}
+
+
+def group_kinds(structure: Structure) -> dict:
+    """{group: {'kind', 'unit'}} of the problem format's version 2 (docs/problem-format.md)."""
+    kinds = {g: {'kind': 'channels', 'unit': 1} for g in structure.groups}
+    for part in structure.valued_parts:
+        kinds[part.group] = {'kind': 'heads' if part.kind == ATTENTION else 'hidden',
+                             'unit': part.unit}
+    return kinds
 
 
 def _elements(layer, widths) -> np.ndarray:
@@ -53,11 +72,18 @@ class TableLatencyModel:
         in_widths = [widths[layer.input_group]] if layer.input_group else None
         return float(np.ravel(self.layer_costs(layer, [widths[layer.group]], in_widths))[0])
 
+    def part_costs(self, part, widths, in_widths=None) -> np.ndarray:
+        """A head part's or neck conv's timing at each of its group's `widths`, from the table
+        (each part is timed whole, its activations included, so no overhead term is added)."""
+        return self.table.conv_ms(part, widths, in_widths)
+
     def predict(self, choice: StructureChoice) -> float:
         choice.check(self.structure)
         widths = choice.all_widths(self.structure)
-        return sum(self._layer_cost(layer, widths) for layer in self.structure.layers
-                   if layer.block not in choice.removed_blocks)
+        return (sum(self._layer_cost(layer, widths) for layer in self.structure.layers
+                    if layer.block not in choice.removed_blocks)
+                + sum(float(self.part_costs(part, [widths[part.group]])[0])
+                      for part in self.structure.parts if part.block not in choice.removed_blocks))
 
     def to_problem(self, structure: Optional[Structure] = None,
                    importance: Optional[Callable] = None, budget_ratio: Optional[float] = None,
@@ -78,10 +104,9 @@ class TableLatencyModel:
             raise ValueError(f'budget_ratio must lie in (0, 1], found {budget_ratio}')
         chunk = chunk or self.table.meta['step']
         st = self.structure
-        widths = {g: [full] if g in st.fixed_groups else width_grid(full, chunk)
-                  for g, full in st.groups.items()}
+        widths = group_widths(st, chunk)
         layers = []
-        for layer in st.layers:
+        for layer in list(st.layers) + list(st.parts):
             out = widths[layer.group]
             inputs = widths[layer.input_group] if layer.input_group else None
             value = [0.0] * len(out) if importance is None else [
@@ -89,14 +114,17 @@ class TableLatencyModel:
             if len(value) != len(out):
                 raise ValueError(f'importance of {layer.name!r}: {len(value)} values for '
                                  f'{len(out)} widths')
+            costs = (self.part_costs(layer, out, inputs) if isinstance(layer, Part)
+                     else self.layer_costs(layer, out, inputs))
             layers.append({'name': layer.name, 'group': layer.group,
                            'input_group': layer.input_group, 'block': layer.block,
-                           'importance': value,
-                           'latency': self.layer_costs(layer, out, inputs).tolist()})
+                           'importance': value, 'latency': costs.tolist()})
         dense = self.predict(StructureChoice())
-        return {'version': 1,
+        kinds = group_kinds(st) if st.parts else {g: {} for g in widths}
+        return {'version': 2 if st.parts else 1,
                 'budget': float(budget if budget is not None else budget_ratio * dense),
-                'groups': {g: {'widths': ws} for g, ws in widths.items()}, 'layers': layers,
+                'groups': {g: {'widths': ws, **kinds[g]} for g, ws in widths.items()},
+                'layers': layers,
                 'blocks': st.block_names, 'dense_latency': dense,
                 'meta': {'latency_model': type(self).__name__, 'unit': 'ms', 'chunk': chunk,
                          'table': self.table.meta}}
@@ -139,7 +167,7 @@ class _LutModel(TableLatencyModel):
         conv = sum(float(np.ravel(self.conv_costs(
             layer, [widths[layer.group]],
             [widths[layer.input_group]] if layer.input_group else None))[0]) for layer in kept)
-        blocks = len(set(self.structure.block_names) - choice.removed_blocks)
+        blocks = len(set(self.block_size) - choice.removed_blocks)  # residual blocks
         elements = sum(float(_elements(layer, [widths[layer.group]])[0]) for layer in kept)
         return np.array([conv, blocks, elements, 1.0])
 

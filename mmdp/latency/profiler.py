@@ -9,9 +9,13 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from mmdp.structure import Structure, StructureChoice
+import torch.nn.functional as F
 
-from .models import BilinearLutLatency, LinearLutLatency, MeasuredLatency, fit_overheads
+from mmdp.structure import Structure, StructureChoice
+from mmdp.structure.head import ATTENTION, MLP, NECK_CONV
+
+from .models import (TERMS, BilinearLutLatency, LinearLutLatency, MeasuredLatency,
+                     fit_overheads)
 from .table import LatencyTable
 from .timer import Timer
 
@@ -65,6 +69,63 @@ def profile_layers(table: LatencyTable, timer: Timer, dtype: torch.dtype,
                 save()
 
 
+class _Heads(nn.Module):
+    """An attention with `heads` heads of width `unit`, as the decoder's SDPAttention computes
+    it: q/k/v projections, SDPA, out_proj."""
+
+    def __init__(self, embed: int, heads: int, unit: int, out: int):
+        super().__init__()
+        self.heads, self.unit = heads, unit
+        self.q, self.k, self.v = (nn.Linear(embed, heads * unit) for _ in range(3))
+        self.out = nn.Linear(heads * unit, out)
+
+    def _split(self, x):
+        b, n, _ = x.shape
+        return x.view(b, n, self.heads, self.unit).transpose(1, 2)
+
+    def forward(self, q, k):
+        out = F.scaled_dot_product_attention(self._split(self.q(q)), self._split(self.k(k)),
+                                             self._split(self.v(k)))
+        b, h, n, d = out.shape
+        return self.out(out.transpose(1, 2).reshape(b, n, h * d))
+
+
+def time_part(part, width: int, timer: Timer, dtype: torch.dtype) -> float:
+    """Milliseconds of a head part at `width` units (a neck conv: input channels) and its real
+    input shapes."""
+    device = timer.device
+    if part.kind == MLP:
+        shape = part.shapes[0]
+        module = nn.Sequential(nn.Linear(shape[-1], width), nn.ReLU(),
+                               nn.Linear(width, part.out_features))
+        inputs = (torch.randn(shape, device=device, dtype=dtype),)
+    elif part.kind == ATTENTION:
+        module = _Heads(part.shapes[0][-1], width, part.unit, part.out_features)
+        inputs = tuple(torch.randn(s, device=device, dtype=dtype) for s in part.shapes[:2])
+    elif part.kind == NECK_CONV:
+        n, _, h, w = part.shapes[0]
+        module = nn.Conv2d(width, part.out_features, 1, bias=part.bias)
+        inputs = (torch.randn((n, width, h, w), device=device, dtype=dtype),)
+    else:
+        raise ValueError(f'part {part.name!r}: unknown kind {part.kind!r}')
+    return timer(module.to(device, dtype), *inputs)
+
+
+def profile_parts(table: LatencyTable, timer: Timer, dtype: torch.dtype,
+                  save: Optional[Callable] = None) -> None:
+    """Time every head part and neck conv not yet in `table.tables` at each width of its group
+    (every head count of an attention), in the same table as the convs."""
+    for part in table.structure.parts:
+        if part.kind == ATTENTION:
+            table.widths[part.group] = list(range(1, part.units + 1))
+    todo = [p for p in table.structure.parts if p.name not in table.tables]
+    for part in tqdm(todo, desc='head parts', unit='part'):
+        table.tables[part.name] = [time_part(part, w, timer, dtype)
+                                   for w in table.widths[part.group]]
+        if save:
+            save()
+
+
 def sample_choices(structure: Structure, widths: dict, n: int, seed: int,
                    removal: Optional[float] = None) -> list:
     """`n` random structures: each draws a keep ratio r in [0.25, 1], each group a width from
@@ -106,7 +167,10 @@ def fit_table(table: LatencyTable) -> dict:
     for cls in (BilinearLutLatency, LinearLutLatency):
         table.fits[cls.fit_key] = fit_overheads(cls(table, fitted=False), table.samples)
         model = cls(table)
+        coef = np.array([model.coef[t] for t in TERMS])
+        # The samples time the backbone alone: compare with the model's backbone terms (a
+        # whole-detector table's head parts are timed part by part, not fitted).
         errors[cls.fit_key] = 100 * float(np.mean([
-            abs(model.predict(StructureChoice(s['widths'], s['removed_blocks'])) - s['ms'])
-            / s['ms'] for s in table.samples]))
+            abs(float(model.terms(StructureChoice(s['widths'], s['removed_blocks'])) @ coef)
+                - s['ms']) / s['ms'] for s in table.samples]))
     return errors

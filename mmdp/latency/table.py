@@ -135,6 +135,12 @@ class LatencyTable:
         """Raise ValueError unless `structure` has this table's layers, channels and shapes."""
         ours = {layer.name: layer for layer in self.structure.layers}
         theirs = {layer.name: layer for layer in structure.layers}
+        parts = ({p.name for p in self.structure.parts}, {p.name for p in structure.parts})
+        for name in sorted(parts[0] ^ parts[1]):
+            side = 'table' if name in parts[0] else 'model'
+            raise ValueError(f'part {name!r} (head or neck) is only in the {side}: profile the '
+                             "table with the config the run uses (a whole-detector config's "
+                             '`prunable_head` times the head too)')
         for name in ours.keys() ^ theirs.keys():
             side = 'table' if name in ours else 'model'
             raise ValueError(f'layer {name!r} is only in the {side}: the latency table was '

@@ -17,6 +17,8 @@ from torch import nn
 
 from mmdp.structure import Structure, StructureChoice
 
+from .head_masks import bypass_removed_layers, head_masks
+
 
 def _keep(size: int, kept) -> torch.Tensor:
     keep = torch.zeros(size, dtype=torch.bool)
@@ -30,6 +32,7 @@ class PruningMasks:
 
     def __init__(self, structure: Structure, choice: StructureChoice):
         choice.check(structure)
+        self.structure, self.choice = structure, choice
         kept = {g: _keep(full, choice.kept(structure, g)) for g, full in structure.groups.items()}
         masks = {}
         for layer in structure.layers:
@@ -45,6 +48,8 @@ class PruningMasks:
             masks[f'{layer.bn}.bias'] = out
         for consumer in structure.consumers:
             masks[f'{consumer.name}.weight'] = kept[consumer.group][None, :, None, None]
+        if structure.parts:
+            masks.update(head_masks(structure, choice))
         self.masks = {name: m for name, m in masks.items() if not bool(m.all())}
 
     def _params(self, model: nn.Module):
@@ -74,7 +79,12 @@ class PruningMasks:
             self.apply_to_optimizer_(model, optimizer)
         trained = {id(p) for opt in optimizers for group in opt.param_groups
                    for p in group['params'] if p.requires_grad}
-        return self.hook_gradients(model, trained)
+        return self.hook_gradients(model, trained) + self.bypass(model)
+
+    def bypass(self, model: nn.Module) -> list:
+        """Hooks that make removed decoder layers pass their query on (none for a backbone
+        structure); returns the handles."""
+        return bypass_removed_layers(model, self.structure, self.choice)
 
     def hook_gradients(self, model: nn.Module, trained: set) -> list:
         """Zero the gradients of pruned entries as they are computed, for the parameters whose

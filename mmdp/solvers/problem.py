@@ -8,7 +8,9 @@ import numpy as np
 
 from mmdp.fileio import atomic_write_json
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+VERSIONS = (1, 2)  # version 1 files (no group kinds) still load and solve
+GROUP_KINDS = ('channels', 'hidden', 'heads', 'tokens')
 STATUSES = ('optimal', 'feasible', 'infeasible')
 # A latency "fits" when it is within this relative margin of the budget: every solver and test
 # uses `Problem.fits`, so that float sums in a different order never disagree on feasibility.
@@ -60,8 +62,12 @@ class Problem:
     """
 
     def __init__(self, budget: float, groups: dict, layers: list, blocks: list,
-                 extra: Optional[dict] = None):
+                 extra: Optional[dict] = None, group_info: Optional[dict] = None,
+                 version: int = FORMAT_VERSION):
         self.budget = float(budget)
+        self.version = version
+        # Version 2: {group: {'kind', 'unit'}}; what a width counts (solvers do not read it).
+        self.group_info = {g: dict(v) for g, v in (group_info or {}).items()}
         self.groups = {name: list(widths) for name, widths in groups.items()}
         self.layers = list(layers)
         self.blocks = list(blocks)
@@ -76,9 +82,9 @@ class Problem:
         for key in ('version', 'budget', 'groups', 'layers', 'blocks'):
             if key not in data:
                 raise ProblemError(f"problem: missing key '{key}'")
-        if data['version'] != FORMAT_VERSION:
+        if data['version'] not in VERSIONS:
             raise ProblemError(f"problem: 'version' is {data['version']!r}, "
-                               f'only {FORMAT_VERSION} is supported')
+                               f'supported: {list(VERSIONS)}')
         if not _is_number(data['budget']):
             raise ProblemError(f"problem: 'budget' must be a finite number, "
                                f"found {data['budget']!r}")
@@ -92,7 +98,22 @@ class Problem:
         blocks = cls._parse_blocks(data['blocks'], layers)
         extra = {k: v for k, v in data.items()
                  if k not in ('version', 'budget', 'groups', 'layers', 'blocks')}
-        return cls(data['budget'], groups, layers, blocks, extra)
+        info = cls._parse_group_info(data['groups']) if data['version'] >= 2 else {}
+        return cls(data['budget'], groups, layers, blocks, extra, info, data['version'])
+
+    @staticmethod
+    def _parse_group_info(raw: dict) -> dict:
+        info = {}
+        for name, spec in raw.items():
+            kind, unit = spec.get('kind', 'channels'), spec.get('unit', 1)
+            if kind not in GROUP_KINDS:
+                raise ProblemError(f"group '{name}': 'kind' is {kind!r}, expected one of "
+                                   f'{list(GROUP_KINDS)}')
+            if not isinstance(unit, int) or isinstance(unit, bool) or unit < 1:
+                raise ProblemError(f"group '{name}': 'unit' must be a positive integer, "
+                                   f'found {unit!r}')
+            info[name] = {'kind': kind, 'unit': unit}
+        return info
 
     @staticmethod
     def _expect_list(value, what: str) -> list:
@@ -210,8 +231,9 @@ class Problem:
                 'name': layer.name, 'group': layer.group, 'input_group': layer.input_group,
                 'block': layer.block, 'importance': layer.importance.tolist(),
                 'latency': layer.latency.tolist()})
-        return {'version': FORMAT_VERSION, 'budget': self.budget,
-                'groups': {g: {'widths': ws} for g, ws in self.groups.items()},
+        return {'version': self.version, 'budget': self.budget,
+                'groups': {g: {'widths': ws, **self.group_info.get(g, {})}
+                           for g, ws in self.groups.items()},
                 'layers': layers, 'blocks': list(self.blocks), **self.extra}
 
     @classmethod
@@ -227,7 +249,8 @@ class Problem:
 
     # ---------------------------------------------------------------- evaluation
     def with_budget(self, budget: float) -> 'Problem':
-        return Problem(budget, self.groups, self.layers, self.blocks, self.extra)
+        return Problem(budget, self.groups, self.layers, self.blocks, self.extra,
+                       self.group_info, self.version)
 
     def fits(self, latency: float) -> bool:
         return latency <= self.budget + FIT_RTOL * max(1.0, abs(self.budget))

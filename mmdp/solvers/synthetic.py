@@ -108,6 +108,90 @@ def resnet_problem(depth: int = 50, chunk: int = 32, removable_blocks: bool = Tr
     return problem.with_budget(budget_ratio * problem.dense_latency())
 
 
+def _head_layers(rng, chunk: int, per_flop: float, constant: float, tokens: int = 4224,
+                 queries: int = 428, keys: int = 812, layers: int = 6, embed: int = 256,
+                 hidden: int = 1024, ffn: int = 2048, heads: int = 8, head_dims: int = 32,
+                 pe_in: int = 192) -> tuple:
+    """(groups, layers, blocks) of StreamPETR's head at its published shapes: the position
+    encoder over every image token, and per decoder layer an FFN and a self- and a
+    cross-attention whose head counts are chosen one by one."""
+    groups, out, blocks = {}, [], []
+
+    def add(name, group, block, widths, macs_per_unit, units, kind, unit=1):
+        groups[group] = dict(widths=widths, kind=kind, unit=unit)
+        cost = per_flop * macs_per_unit * np.asarray(widths, dtype=float) + constant
+        cost *= rng.lognormal(0.0, 0.05, cost.shape)
+        out.append(dict(name=name, group=group, input_group=None, block=block,
+                        importance=_importance(rng, units, widths), latency=cost.tolist()))
+    add('head.position_encoder', 'head.position_encoder.hidden', None,
+        list(range(chunk, hidden + 1, chunk)), tokens * (pe_in + embed), hidden, 'hidden')
+    for i in range(layers):
+        block = f'head.decoder.layers.{i}'
+        blocks.append(block)
+        add(f'{block}.ffn', f'{block}.ffn.hidden', block, list(range(chunk, ffn + 1, chunk)),
+            queries * 2 * embed, ffn, 'hidden')
+        for name, k in (('self_attn', keys), ('cross_attn', tokens)):
+            # q and out projections over the queries, k and v over the keys, QK^T and AV.
+            macs = head_dims * (2 * queries * embed + 2 * k * embed + 2 * queries * k)
+            add(f'{block}.{name}', f'{block}.{name}.heads', block, list(range(1, heads + 1)),
+                macs, heads, 'heads', head_dims)
+    return groups, out, blocks
+
+
+def whole_detector_problem(depth: int = 50, chunk: int = 32, budget_ratio: float = 0.55,
+                           seed: int = 0) -> Problem:
+    """`resnet_problem`'s backbone, the neck's lateral convs (1x1 to 256 channels from the
+    stride-16 and stride-32 stages, cost per backbone width) and StreamPETR's head
+    (`_head_layers`) at 704x256, with the same cost per multiply-accumulate and launch constant,
+    in one version-2 problem. Budget = `budget_ratio` x dense."""
+    backbone = resnet_problem(depth, chunk, True, 1.0, seed=seed).to_dict()
+    rng = np.random.default_rng(seed + 1)
+    bottleneck, _ = RESNETS[depth]
+    c4 = 64 * 2 ** 3 * (4 if bottleneck else 1)
+    c3 = c4 // 2
+    # resnet_problem times one view's backbone; the head's shapes hold all six views.
+    per_flop, constant = _per_flop(depth), 0.02
+    layers = list(backbone['layers'])
+    groups = {g: dict(spec, kind='channels', unit=1) for g, spec in backbone['groups'].items()}
+    for s, (c, pixels) in ((3, (c3, 16 * 44)), (4, (c4, 8 * 22))):
+        group = f'backbone.layer{s}.residual'
+        ws = np.asarray(groups[group]['widths'], dtype=float)
+        cost = (per_flop * pixels * 256 * ws + constant) * rng.lognormal(0.0, 0.05, len(ws))
+        layers.append(dict(name=f'neck.lateral_convs.{s - 3}', group=group, input_group=None,
+                           block=None, importance=[0.0] * len(ws), latency=cost.tolist()))
+    head_groups, head_layers, head_blocks = _head_layers(rng, chunk, per_flop / 6, constant)
+    groups.update(head_groups)
+    data = dict(version=2, budget=0.0, groups=groups, layers=layers + head_layers,
+                blocks=backbone['blocks'] + head_blocks,
+                meta=dict(source=f'synthetic StreamPETR, ResNet-{depth}', chunk=chunk,
+                          seed=seed))
+    problem = Problem.from_dict(data)
+    return problem.with_budget(budget_ratio * problem.dense_latency())
+
+
+def _per_flop(depth: int, image_size=(256, 704)) -> float:
+    """resnet_problem's ms per multiply-accumulate (its convs of one view take 4 ms dense)."""
+    bottleneck, stage_blocks = RESNETS[depth]
+    expansion = 4 if bottleneck else 1
+    h, w = image_size[0] // 2, image_size[1] // 2
+    flops = 3 * 64 * 49 * h * w
+    h, w, c_prev = h // 2, w // 2, 64
+    for s, n in enumerate(stage_blocks, start=1):
+        planes, stride = 64 * 2 ** (s - 1), 1 if s == 1 else 2
+        h2, w2 = h // stride, w // stride
+        if stride != 1 or c_prev != planes * expansion:
+            flops += c_prev * planes * expansion * h2 * w2
+        for i in range(n):
+            c_in, pix = (c_prev, h * w) if i == 0 else (planes * expansion, h2 * w2)
+            if bottleneck:
+                flops += (c_in * planes * pix + planes * planes * 9 * h2 * w2
+                          + planes * planes * expansion * h2 * w2)
+            else:
+                flops += c_in * planes * 9 * h2 * w2 + planes * planes * 9 * h2 * w2
+        c_prev, h, w = planes * expansion, h2, w2
+    return 4.0 / flops
+
+
 def random_problem(rng: np.random.Generator, max_groups: int = 4, max_widths: int = 4,
                    max_layers: int = 6, max_blocks: int = 2, coupling: bool = True,
                    monotone: bool = False, integer: bool = False,

@@ -12,6 +12,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from .choice import StructureChoice
 from .derive import Structure
+from .head import ATTENTION, DECODER_LAYER, MLP
 
 
 class IdentityResidual(nn.Module):
@@ -24,6 +25,48 @@ class IdentityResidual(nn.Module):
 
     def forward(self, x):
         return x if self.shortcut is None else torch.relu(self.shortcut(x))
+
+
+class PassQuery(nn.Module):
+    """What a removed decoder layer leaves: its query input, unchanged (the later layers, the
+    shared final norm and the branches read it as the layer's output)."""
+
+    def forward(self, query, *args, **kwargs):
+        return query
+
+
+def part_features(part, kept: list) -> torch.Tensor:
+    """The feature indices of kept units (a head's `unit` consecutive features each)."""
+    idx = torch.tensor(kept, dtype=torch.long)
+    return (idx[:, None] * part.unit + torch.arange(part.unit)).flatten()
+
+
+def _slice_linear(linear: nn.Linear, out_idx=None, in_idx=None) -> None:
+    weight = linear.weight
+    if out_idx is not None:
+        weight = _slice_param(weight, 0, out_idx)
+        if linear.bias is not None:
+            linear.bias = nn.Parameter(_slice_param(linear.bias, 0, out_idx),
+                                       linear.bias.requires_grad)
+        linear.out_features = len(out_idx)
+    if in_idx is not None:
+        weight = _slice_param(weight, 1, in_idx)
+        linear.in_features = len(in_idx)
+    linear.weight = nn.Parameter(weight, linear.weight.requires_grad)
+
+
+def _slice_part(model: nn.Module, part, kept: list) -> None:
+    """Slice a head part to its kept units: an MLP's hidden features, an attention's heads
+    (q/k/v output rows and out_proj input columns; the module's head count follows)."""
+    idx = part_features(part, kept)
+    if part.kind == MLP:
+        _slice_linear(_get(model, part.modules[0], nn.Linear), out_idx=idx)
+        _slice_linear(_get(model, part.modules[1], nn.Linear), in_idx=idx)
+    elif part.kind == ATTENTION:
+        for path in part.modules[:3]:
+            _slice_linear(_get(model, path, nn.Linear), out_idx=idx)
+        _slice_linear(_get(model, part.modules[3], nn.Linear), in_idx=idx)
+        model.get_submodule(part.name).num_heads = len(kept)
 
 
 def _resolver(structure: Structure, backbone_only: bool):
@@ -80,9 +123,12 @@ def _kept_indices(structure: Structure, choice: StructureChoice) -> dict:
             for g in structure.groups}
 
 
-def _replace_removed_blocks(model, structure, choice, path) -> None:
+def _replace_removed_blocks(model, structure, choice, path, backbone_only=False) -> None:
     for block in structure.blocks:
-        if block.name in choice.removed_blocks:
+        if block.name in choice.removed_blocks and block.kind == DECODER_LAYER:
+            if not backbone_only:
+                model.set_submodule(block.name, PassQuery())
+        elif block.name in choice.removed_blocks:
             shortcut = (nn.Sequential(*[model.get_submodule(path(p)) for p in block.shortcut])
                         if block.shortcut else None)
             model.set_submodule(path(block.name), IdentityResidual(shortcut))
@@ -91,8 +137,8 @@ def _replace_removed_blocks(model, structure, choice, path) -> None:
 def prune_copy(model: nn.Module, structure: Structure, choice: StructureChoice,
                backbone_only: bool = False) -> nn.Module:
     """A physically smaller deep copy of `model`: convs and BNs sliced to the kept channels,
-    the consumers' (neck lateral convs') input channels sliced alike, removed blocks replaced by
-    `IdentityResidual`. With `backbone_only`, `model` is the backbone alone (consumers skipped).
+    the consumers' (neck lateral convs') input channels sliced alike, head parts sliced to their
+    kept units, removed blocks replaced by `IdentityResidual` (`PassQuery` for decoder layers). With `backbone_only`, `model` is the backbone alone (consumers skipped).
     """
     choice.check(structure)
     path = _resolver(structure, backbone_only)
@@ -112,7 +158,10 @@ def prune_copy(model: nn.Module, structure: Structure, choice: StructureChoice,
         if not backbone_only:
             for consumer in structure.consumers:
                 _slice_conv(_get(pruned, consumer.name, nn.Conv2d), in_idx=kept[consumer.group])
-    _replace_removed_blocks(pruned, structure, choice, path)
+            for part in structure.valued_parts:
+                if part.block not in choice.removed_blocks:
+                    _slice_part(pruned, part, choice.kept(structure, part.group))
+    _replace_removed_blocks(pruned, structure, choice, path, backbone_only)
     return pruned
 
 
@@ -131,5 +180,5 @@ def mask_pruned_(model: nn.Module, structure: Structure, choice: StructureChoice
             for param in (conv.weight, conv.bias, bn.weight, bn.bias):
                 if param is not None:
                     param[drop.to(param.device)] = 0
-    _replace_removed_blocks(model, structure, choice, path)
+    _replace_removed_blocks(model, structure, choice, path, backbone_only)
     return model

@@ -18,6 +18,8 @@ from scipy.cluster.hierarchy import DisjointSet
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from .head import Part, head_parts, neck_parts, record_part_shapes
+
 
 class UnsupportedStructureError(ValueError):
     """A module or operation the structure derivation does not know how to prune."""
@@ -57,6 +59,7 @@ class Block:
     name: str
     layers: tuple  # the convs removed with it
     shortcut: tuple  # module paths of its projection (conv, BN), kept when it is removed
+    kind: str = 'residual'  # or 'decoder_layer' (head.py): removed, it passes its query on
 
 
 @dataclass(frozen=True)
@@ -78,6 +81,7 @@ class Structure:
     blocks: list  # Block, in execution order
     consumers: list = field(default_factory=list)  # Consumer
     outputs: list = field(default_factory=list)  # group of each backbone output
+    parts: list = field(default_factory=list)  # head.Part: head dimensions and neck convs
 
     def layer(self, name: str) -> ConvLayer:
         for layer in self.layers:
@@ -102,14 +106,29 @@ class Structure:
 
     @classmethod
     def from_dict(cls, data: dict) -> 'Structure':
+        def deep(v):
+            return tuple(deep(x) for x in v) if isinstance(v, list) else v
+
         def tuples(item: dict) -> dict:
-            return {k: tuple(v) if isinstance(v, list) else v for k, v in item.items()}
+            return {k: deep(v) for k, v in item.items()}
         return cls(backbone=data['backbone'], input_shape=tuple(data['input_shape']),
                    groups=dict(data['groups']),
                    layers=[ConvLayer(**tuples(x)) for x in data['layers']],
                    blocks=[Block(**tuples(x)) for x in data['blocks']],
                    consumers=[Consumer(**tuples(x)) for x in data['consumers']],
-                   outputs=list(data['outputs']))
+                   outputs=list(data['outputs']),
+                   parts=[Part(**tuples(x)) for x in data.get('parts', [])])
+
+    def part(self, name: str) -> Part:
+        for part in self.parts:
+            if part.name == name:
+                return part
+        raise KeyError(f'no part named {name!r}')
+
+    @property
+    def valued_parts(self) -> list:
+        """Parts whose units carry importance (the head's dimensions)."""
+        return [p for p in self.parts if p.gate is not None]
 
 
 def _find_backbone(model: nn.Module, backbone: Optional[str]) -> str:
@@ -367,12 +386,15 @@ def _find_consumers(neck: nn.Module, outs, neck_path: str, output_groups: list) 
 
 
 def derive_structure(model: nn.Module, input_shape, backbone: Optional[str] = None,
-                     neck: Optional[str] = None) -> Structure:
+                     neck: Optional[str] = None, head: Optional[str] = None) -> Structure:
     """The prunable structure of `model`'s backbone at the dummy input `input_shape`.
 
     `model` is either the backbone itself or a detector holding it at `backbone` (default
     'img_backbone' when that attribute exists) with a neck at `neck` (default 'img_neck') whose
-    convs reading the backbone outputs become `consumers`.
+    convs reading the backbone outputs become `consumers`. With `head` (the StreamPETR head's
+    path, e.g. 'pts_bbox_head') the structure is the whole detector's: the head's dimensions
+    and the neck's lateral convs become `parts` (mmdp/structure/head.py), the decoder layers
+    removable blocks.
     """
     input_shape = tuple(int(s) for s in input_shape)
     if len(input_shape) != 4:
@@ -416,4 +438,11 @@ def derive_structure(model: nn.Module, input_shape, backbone: Optional[str] = No
     neck_path = _find_neck(model, neck, backbone_path)
     if neck_path:
         consumers = _find_consumers(model.get_submodule(neck_path), outs, neck_path, outputs)
-    return Structure(backbone_path, input_shape, groups, layers, blocks, consumers, outputs)
+    parts = []
+    if head:
+        head_groups, parts, head_blocks = head_parts(model, head)
+        groups.update(head_groups)
+        blocks += head_blocks
+        parts = record_part_shapes(model, parts, input_shape) + neck_parts(consumers, model)
+    return Structure(backbone_path, input_shape, groups, layers, blocks, consumers, outputs,
+                     parts)
