@@ -153,6 +153,14 @@ class StreamPETRHead(BaseModule):
                     memory_egopose=torch.zeros(b, m, 4, 4, device=device),
                     memory_velo=torch.zeros(b, m, 2, device=device))
 
+    def memory_to_step_from(self, memory, frame, batch_size, device):
+        """(memory, frame) for `step`: the given queue, or an empty one with every slot
+        starting afresh when there is none yet or the batch size changed."""
+        if memory is None or memory['memory_embedding'].size(0) != batch_size:
+            valid = torch.zeros(batch_size, dtype=torch.bool, device=device)
+            return self.empty_memory(batch_size, device), dict(frame, valid=valid)
+        return memory, frame
+
     def _pre_update_memory(self, memory, frame):
         """The queue moved into the current frame; emptied where a slot does not continue."""
         x = frame['valid'].float().view(-1, 1, 1)
@@ -223,8 +231,9 @@ class StreamPETRHead(BaseModule):
     def _position_embedding(self, frame, h, w):
         device = self.position_range.device
         pad_h, pad_w = frame['pad_shape']
-        v = (torch.arange(h, device=device) + 0.5) * pad_h / h
-        u = (torch.arange(w, device=device) + 0.5) * pad_w / w
+        f32 = dict(device=device, dtype=torch.float32)  # explicit: the ONNX trace keeps it
+        v = (torch.arange(h, **f32) + 0.5) * pad_h / h
+        u = (torch.arange(w, **f32) + 0.5) * pad_w / w
         vv, uu, dd = torch.meshgrid(v, u, self.coords_d, indexing='ij')  # (h, w, D)
         coords = torch.stack([uu * dd, vv * dd, dd, torch.ones_like(dd)], -1)
         img2lidar = frame['img2lidar']  # (B, N, 4, 4)
@@ -284,12 +293,9 @@ class StreamPETRHead(BaseModule):
         """feats (B, N, C, H, W). Returns per-layer class logits (L, B, Q, C), box codes
         (L, B, Q, 10) with metric centres, and the denoising bookkeeping (or None). The memory
         queue is the module's: a first call (or a new batch size) starts it empty."""
-        b = feats.size(0)
-        if self.memory_embedding is None or self.memory_embedding.size(0) != b:
-            memory = self.empty_memory(b, feats.device)
-            frame = dict(frame, valid=torch.zeros(b, dtype=torch.bool, device=feats.device))
-        else:
-            memory = {name: getattr(self, name) for name in self.MEMORY}
+        memory = None if self.memory_embedding is None else {
+            name: getattr(self, name) for name in self.MEMORY}
+        memory, frame = self.memory_to_step_from(memory, frame, feats.size(0), feats.device)
         cls_scores, bbox_preds, dn, memory = self.step(feats, frame, memory, gt_bboxes,
                                                        gt_labels)
         for name, value in memory.items():
@@ -376,8 +382,13 @@ class StreamPETRHead(BaseModule):
 
     def predict(self, feats, frame):
         cls_scores, bbox_preds, _ = self(feats, frame)
+        return self.decode(cls_scores[-1], bbox_preds[-1])
+
+    def decode(self, cls_scores, bbox_preds):
+        """Boxes, scores and labels per sample from the last layer's (B, Q, C) logits and
+        (B, Q, 10) box codes."""
         results = []
-        for cls, box in zip(cls_scores[-1], bbox_preds[-1]):
+        for cls, box in zip(cls_scores, bbox_preds):
             boxes, scores, labels = self.bbox_coder.decode(cls, box)
             boxes[:, 2] = boxes[:, 2] - boxes[:, 5] * 0.5  # gravity centre -> bottom centre
             res = InstanceData()
