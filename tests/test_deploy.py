@@ -8,7 +8,7 @@ import os.path as osp
 import pytest
 import torch
 
-from mmdp.runtime import build_detector, preprocessed_frames
+from mmdp.runtime.detector import build_detector, preprocessed_frames
 from tests.test_export import exported, masked  # noqa: F401  (fixtures: a pruned model)
 
 SMALL = 'configs/streampetr_r50_small_cpu.py'

@@ -12,7 +12,7 @@ import pytest
 
 from mmdp.latency.timer import Timer
 from mmdp.report import collect_run, write_report
-from mmdp.runtime import paired_speedup
+from mmdp.runtime.paired import paired_speedup
 
 SMALL = 'configs/streampetr_r50_small_cpu.py'
 

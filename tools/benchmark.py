@@ -18,6 +18,7 @@ import mmdp.checkpoint_compat  # noqa: F401  (checkpoint loading on torch >= 2.6
 from mmdp.config_utils import load_config
 from mmdp.latency import LATENCY_MODELS, LatencyTable, device_name
 from mmdp.latency.breakdown import module_timer
+from mmdp.runtime.runtimes import DETECTOR_RUNTIMES, detector_runner
 from mmdp.structure import StructureChoice
 from projects.streampetr.fake_inputs import fake_frame
 
@@ -32,6 +33,7 @@ def parse_args():
     parser.add_argument('checkpoint', nargs='?', help='weights; random initialisation if absent')
     parser.add_argument('--samples', type=int, default=50, help='timed frames')
     parser.add_argument('--warmup', type=int, default=5, help='untimed frames first')
+    parser.add_argument('--runtime', choices=DETECTOR_RUNTIMES, default='torch')
     parser.add_argument('--amp', action='store_true', help='fp16 autocast (CUDA) / bf16 (CPU)')
     parser.add_argument('--fake-data', action='store_true',
                         help='random images at the config\'s img_size instead of the test set')
@@ -45,11 +47,12 @@ def parse_args():
     return parser.parse_args()
 
 
-def predicted_vs_measured(table_path, model, device, batch_shape, dtype, measured_ms):
+def predicted_vs_measured(table_path, model, device, batch_shape, dtype, runtime, measured_ms):
     """Backbone latency predicted by each table-based model for this model's structure (dense,
     or the `widths` / `removed_blocks` of a `PrunedResNet`), next to the measured one."""
     n, views = batch_shape[:2]
-    table = LatencyTable.load(table_path, device=device_name(device), dtype=dtype, mode='eager',
+    table = LatencyTable.load(table_path, device=device_name(device), dtype=dtype,
+                              runtime=runtime,
                               input_shape=(n * views, *batch_shape[2:]))
     prefix = f'{table.structure.backbone}.' if table.structure.backbone else ''
     backbone = model.img_backbone
@@ -86,6 +89,7 @@ def main():
         loader_cfg = cfg.test_dataloader.copy()
         loader_cfg.num_workers, loader_cfg.persistent_workers = 2, False
         batches = Runner.build_dataloader(loader_cfg)
+    run = detector_runner(model, args.runtime, device)
     amp_dtype = torch.float16 if device.type == 'cuda' else torch.bfloat16
     times = []
     parts = [p for p in PARTS if hasattr(model, p)]
@@ -98,7 +102,7 @@ def main():
             start = time.perf_counter()
             with torch.autocast(device.type, dtype=amp_dtype, enabled=args.amp):
                 data = model.data_preprocessor(batch, False)
-                model(**data, mode='predict')
+                run(data)
                 if device.type == 'cuda':
                     torch.cuda.synchronize()
             if i >= args.warmup:
@@ -116,7 +120,8 @@ def main():
     breakdown['other'] = float(ms.mean()) - sum(breakdown.values())
     result = dict(config=args.config, checkpoint=args.checkpoint, device=str(device),
                   device_name=torch.cuda.get_device_name(device) if device.type == 'cuda'
-                  else 'cpu', precision='amp' if args.amp else 'fp32', batch_size=1,
+                  else 'cpu', runtime=args.runtime,
+                  precision='amp' if args.amp else 'fp32', batch_size=1,
                   views=6, frames=len(times), median_ms=float(np.median(ms)),
                   mean_ms=float(ms.mean()), fps=float(1000 / np.median(ms)),
                   breakdown_ms=breakdown,
@@ -124,7 +129,7 @@ def main():
     if args.latency_table:
         result['latency'] = predicted_vs_measured(args.latency_table, model, device,
                                                   (1, 6, 3, *cfg.img_size),
-                                                  'fp16' if args.amp else 'fp32',
+                                                  'fp16' if args.amp else 'fp32', args.runtime,
                                                   breakdown['img_backbone'])
     print(json.dumps(result, indent=2))
     if args.out:

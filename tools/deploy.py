@@ -22,7 +22,7 @@ import torch  # noqa: E402
 from mmdp.deploy import export_onnx  # noqa: E402
 from mmdp.deploy.check import compare_with_torch, sequence  # noqa: E402
 from mmdp.fileio import atomic_write_json  # noqa: E402
-from mmdp.runtime import build_detector  # noqa: E402
+from mmdp.runtime.detector import build_detector  # noqa: E402
 
 TOLERANCE = 1e-4
 FP16_TOLERANCE = 5e-2

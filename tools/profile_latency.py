@@ -1,7 +1,7 @@
 """Profile the latency table of a model's backbone.
 
     python tools/profile_latency.py CONFIG --out TABLE [--dtype fp32|fp16] [--step 32]
-        [--mode eager|cudagraph] [--input-shape N C H W] [--repeats R] [--samples S]
+        [--runtime torch|cudagraph] [--input-shape N C H W] [--repeats R] [--samples S]
 
 Times every prunable conv over its (output width, input width) grid at its real input size, then
 times the dense backbone and S random prunings end to end and fits the overhead terms of the LUT
@@ -13,9 +13,10 @@ import os
 
 import torch
 
-from mmdp.latency import (DTYPES, MODES, TERMS, LatencyTable, MeasuredLatency, Timer,
+from mmdp.latency import (DTYPES, TERMS, LatencyTable, MeasuredLatency, Timer,
                           build_from_config, device_name, fit_table, make_meta,
                           measure_samples, profile_layers)
+from mmdp.runtime.runtimes import TABLE_RUNTIMES, add_runtime_argument, resolve_runtime
 from mmdp.structure import derive_structure
 
 # Settings a resumed run must share with the partial table it continues.
@@ -28,7 +29,7 @@ def parse_args(argv=None):
     parser.add_argument('--out', required=True, help='latency table JSON to write (or resume)')
     parser.add_argument('--dtype', choices=sorted(DTYPES), default='fp32')
     parser.add_argument('--step', type=int, default=32, help='channel step of the width grid')
-    parser.add_argument('--mode', choices=MODES, default='eager')
+    add_runtime_argument(parser, TABLE_RUNTIMES)
     parser.add_argument('--input-shape', type=int, nargs=4, metavar=('N', 'C', 'H', 'W'),
                         help="backbone input; default: the config's latency_input_shape")
     parser.add_argument('--repeats', type=int, default=100, help='timed runs per measurement')
@@ -38,7 +39,7 @@ def parse_args(argv=None):
     parser.add_argument('--seed', type=int, default=0)
     parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
     parser.add_argument('--threads', type=int, help='CPU threads (torch.set_num_threads)')
-    args = parser.parse_args(argv)
+    args = resolve_runtime(parser.parse_args(argv))
     if args.samples < len(TERMS) - 1:
         parser.error(f'--samples must be at least {len(TERMS) - 1} to fit {len(TERMS)} '
                      f'overhead terms {TERMS} (with the dense timing)')
@@ -49,7 +50,7 @@ def open_table(path: str, structure, meta: dict) -> LatencyTable:
     """A new table, or the partial one at `path` when it was profiled in the same setting."""
     if not os.path.exists(path):
         return LatencyTable.new(structure, meta)
-    table = LatencyTable.load(path, **{k: meta[k] for k in ('device', 'input_shape', 'mode',
+    table = LatencyTable.load(path, **{k: meta[k] for k in ('device', 'input_shape', 'runtime',
                                                             'dtype')})
     for name in RESUME_FIELDS:
         if table.meta[name] != meta[name]:
@@ -69,7 +70,7 @@ def main(argv=None) -> LatencyTable:
     model, input_shape = build_from_config(args.config, args.input_shape)
     structure = derive_structure(model, input_shape)
     backbone = model.get_submodule(structure.backbone) if structure.backbone else model
-    meta = make_meta(args.device, args.dtype, input_shape, args.step, args.mode, args.repeats,
+    meta = make_meta(args.device, args.dtype, input_shape, args.step, args.runtime, args.repeats,
                      args.warmup, os.path.abspath(args.config))
     table = open_table(args.out, structure, meta)
     print(f"{len(structure.layers)} prunable convs, {len(structure.groups)} channel groups, "

@@ -20,8 +20,9 @@ from mmengine.config import DictAction  # noqa: E402
 
 from mmdp.fileio import atomic_write_json  # noqa: E402
 from mmdp.latency.timer import Timer, device_name  # noqa: E402
-from mmdp.runtime import build_detector, paired_speedup, preprocessed_frames  # noqa: E402
-from mmdp.runtime.runtimes import RUNTIMES, detector_runner  # noqa: E402
+from mmdp.runtime.detector import build_detector, preprocessed_frames  # noqa: E402
+from mmdp.runtime.paired import paired_speedup  # noqa: E402
+from mmdp.runtime.runtimes import DETECTOR_RUNTIMES, detector_runner  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -31,7 +32,7 @@ def parse_args(argv=None):
     parser.add_argument('--against', nargs=2, metavar=('B_CONFIG', 'B_CKPT'), required=True)
     parser.add_argument('--rounds', type=int, default=20, help='timed rounds (>= 20)')
     parser.add_argument('--warmup', type=int, default=3, help='untimed frames per model first')
-    parser.add_argument('--runtime', choices=RUNTIMES, default='torch')
+    parser.add_argument('--runtime', choices=DETECTOR_RUNTIMES, default='torch')
     parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
     parser.add_argument('--threads', type=int,
                         help="CPU threads of torch (default: torch's). On a shared machine 1 "

@@ -17,10 +17,11 @@ import torch
 from scipy.stats import spearmanr
 from tqdm import tqdm
 
-from mmdp.latency import (DTYPES, MODES, BilinearLutLatency, FlopsLatency, LatencyTable,
+from mmdp.latency import (DTYPES, BilinearLutLatency, FlopsLatency, LatencyTable,
                           LinearLutLatency, MeasuredLatency, build_from_config, device_name,
                           sample_choices)
 from mmdp.fileio import atomic_write, atomic_write_json
+from mmdp.runtime.runtimes import TABLE_RUNTIMES, add_runtime_argument, resolve_runtime
 from mmdp.structure import StructureChoice, derive_structure
 
 matplotlib.use('Agg')
@@ -34,7 +35,7 @@ def parse_args(argv=None):
     parser.add_argument('-n', type=int, default=50, help='random structures to check')
     parser.add_argument('--out-dir', default='.', help='where the JSON and the plot go')
     parser.add_argument('--dtype', choices=sorted(DTYPES), default='fp32')
-    parser.add_argument('--mode', choices=MODES, default='eager')
+    add_runtime_argument(parser, TABLE_RUNTIMES)
     parser.add_argument('--input-shape', type=int, nargs=4, metavar=('N', 'C', 'H', 'W'),
                         help="backbone input; default: the config's latency_input_shape")
     parser.add_argument('--repeats', type=int, default=100, help='timed runs per measurement')
@@ -44,7 +45,7 @@ def parse_args(argv=None):
     parser.add_argument('--seed', type=int, default=1, help='differs from the profiling seed')
     parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
     parser.add_argument('--threads', type=int, help='CPU threads (torch.set_num_threads)')
-    args = parser.parse_args(argv)
+    args = resolve_runtime(parser.parse_args(argv))
     if args.n < 2:
         parser.error('-n must be at least 2 for a rank correlation')
     return args
@@ -81,7 +82,7 @@ def main(argv=None) -> dict:
     structure = derive_structure(model, input_shape)
     backbone = model.get_submodule(structure.backbone) if structure.backbone else model
     table = LatencyTable.load(args.table, device=device_name(args.device),
-                              input_shape=input_shape, mode=args.mode, dtype=args.dtype)
+                              input_shape=input_shape, runtime=args.runtime, dtype=args.dtype)
     table.check_structure(structure)
 
     def timed():
@@ -113,7 +114,7 @@ def main(argv=None) -> dict:
 
     kind = 'CPU' if torch.device(args.device).type == 'cpu' else 'GPU'
     print(f'{args.n} structures on {table.meta["device"]} ({kind}), input {list(input_shape)}, '
-          f'{args.mode} {args.dtype}; dense {dense_ms:.3f} ms, measured '
+          f'{args.runtime} {args.dtype}; dense {dense_ms:.3f} ms, measured '
           f'{measured.min():.3f}..{measured.max():.3f} ms')
     print(f'{"model":<14}{"MAPE %":>9}{"MAPE % (dense-scaled)":>24}{"Spearman":>10}')
     for name, r in results.items():

@@ -1,7 +1,7 @@
 """Exported graphs against the PyTorch detector, frame by frame over a sequence."""
 import torch
 
-from mmdp.runtime import preprocessed_frames
+from mmdp.runtime.detector import preprocessed_frames
 
 from .onnx_export import OrtStreamPETR
 

@@ -1,5 +1,3 @@
-"""Detectors as deployed: built from a config and checkpoint, fed frames, run in one runtime."""
-from .detector import build_detector, preprocessed_frames
-from .paired import paired_speedup
-
-__all__ = ['build_detector', 'paired_speedup', 'preprocessed_frames']
+"""Detectors as deployed: built from a config and checkpoint (`detector`), fed frames, run in one
+of the named runtimes (`runtimes`), compared in pairs (`paired`). Import the submodules: this
+package is imported by mmdp.latency and must stay light."""

@@ -28,3 +28,31 @@ def detector_runner(model, runtime: str, device):
         return model(**data, mode='predict')
 
     return run
+
+
+# Runtimes a latency table can be profiled in: per-layer convs and whole backbones timed by
+# mmdp.latency.Timer, whose `mode` names them as the latency tools' former --mode did.
+TABLE_RUNTIMES = ('torch', 'cudagraph')
+TIMER_MODE = {'torch': 'eager', 'cudagraph': 'cudagraph'}
+RUNTIME_OF_MODE = {mode: runtime for runtime, mode in TIMER_MODE.items()}
+
+
+def add_runtime_argument(parser, choices=RUNTIMES):
+    """--runtime (default torch), and the former --mode of the latency tools as its alias."""
+    group = parser.add_mutually_exclusive_group()
+    # No argparse default: it would let `--runtime torch --mode eager` pass unnoticed.
+    group.add_argument('--runtime', choices=choices,
+                       help='what the model runs in (default: torch; see docs/deployment.md)')
+    group.add_argument('--mode', choices=sorted(RUNTIME_OF_MODE),
+                       help='former name: eager = --runtime torch, cudagraph = --runtime '
+                       'cudagraph')
+
+
+def resolve_runtime(args):
+    """After parsing: `args.runtime` set from a given --mode, and `args.mode` the Timer's mode
+    of the runtime (None where the Timer cannot time it)."""
+    if args.mode:
+        args.runtime = RUNTIME_OF_MODE[args.mode]
+    args.runtime = args.runtime or 'torch'
+    args.mode = TIMER_MODE.get(args.runtime)
+    return args
