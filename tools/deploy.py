@@ -75,7 +75,8 @@ def main(argv=None):
     print(f'TensorRT: {trt}')
     atomic_write_json(osp.join(args.out, 'deploy.json'), dict(
         config=args.config, checkpoint=args.checkpoint, fp16=args.fp16, graphs=paths,
-        ort_vs_torch=diffs, worst=worst, tolerance=tolerance, checked=checked, agree=ok, tensorrt=trt))
+        ort_vs_torch=diffs, worst=worst, tolerance=tolerance, checked=checked, agree=ok,
+        tensorrt=trt))
     if not ok:
         print(f'error: ONNX Runtime differs from PyTorch by more than {tolerance} in '
               f'{[k for k in checked if worst[k] > tolerance]}: {worst}',
