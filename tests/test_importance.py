@@ -202,7 +202,7 @@ def test_channel_order_keeps_current_channels_first():
 
 def hand_table(structure) -> LatencyTable:
     """A latency table with made-up conv timings (no profiling needed)."""
-    meta = make_meta('cpu', 'fp32', SHAPE, 4, 'eager', repeats=1, warmup=0)
+    meta = make_meta('cpu', 'fp32', SHAPE, 4, 'torch', repeats=1, warmup=0)
     table = LatencyTable.new(structure, meta)
     for layer in structure.layers:
         ins = table.widths[layer.input_group] if layer.input_group else [layer.in_channels]

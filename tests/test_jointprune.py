@@ -186,7 +186,7 @@ def test_latency_tables_per_ladder_size(tmp_path):
     paths, dense = {}, {}
     for h, w in ladder:
         structure = derive_structure(backbone, (6, 3, h, w))
-        table = LatencyTable.new(structure, make_meta('cpu', 'fp32', (6, 3, h, w), 32, 'eager',
+        table = LatencyTable.new(structure, make_meta('cpu', 'fp32', (6, 3, h, w), 32, 'torch',
                                                       1, 0))
         for layer in structure.layers:
             ins = table.widths[layer.input_group] if layer.input_group else None

@@ -39,7 +39,7 @@ def structure(r18):
 
 @pytest.fixture
 def table(structure):
-    meta = make_meta('cpu', 'fp32', SHAPE, STEP, 'eager', repeats=3, warmup=1)
+    meta = make_meta('cpu', 'fp32', SHAPE, STEP, 'torch', repeats=3, warmup=1)
     t = LatencyTable.new(structure, meta)
     for layer in structure.layers:
         ins = t.widths[layer.input_group] if layer.input_group else [layer.in_channels]
@@ -67,21 +67,21 @@ def test_table_file_round_trip_and_metadata_checks(table, tmp_path):
     path = tmp_path / 'table.json'
     table.save(path)
     assert os.listdir(tmp_path) == ['table.json']  # nothing half-written left over
-    here = dict(device=device_name('cpu'), input_shape=SHAPE, mode='eager', dtype='fp32')
+    here = dict(device=device_name('cpu'), input_shape=SHAPE, runtime='torch', dtype='fp32')
     loaded = LatencyTable.load(path, **here)
     assert loaded.tables == json.loads(json.dumps(table.tables))
     assert loaded.structure == table.structure
     assert loaded.meta['cudnn'] is None and loaded.meta['batch'] == 1
     for field, value, ours in (('device', 'NVIDIA H100 80GB HBM3', device_name('cpu')),
                                ('input_shape', (6, 3, 256, 704), [1, 3, 32, 64]),
-                               ('mode', 'cudagraph', 'eager'), ('dtype', 'fp16', 'fp32')):
+                               ('runtime', 'cudagraph', 'torch'), ('dtype', 'fp16', 'fp32')):
         with pytest.raises(TableMismatchError) as err:
             LatencyTable.load(path, **{**here, field: value})
         message = str(err.value)
         assert field in message and repr(ours) in message
         assert repr(list(value) if field == 'input_shape' else value) in message
-    with pytest.raises(TableMismatchError, match='mode'):
-        BilinearLutLatency(str(path), expect={'mode': 'cudagraph'})
+    with pytest.raises(TableMismatchError, match='runtime'):
+        BilinearLutLatency(str(path), expect={'runtime': 'cudagraph'})
 
 
 def test_table_must_match_the_model(table):

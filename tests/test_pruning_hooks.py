@@ -215,7 +215,7 @@ def toy_data(n=16):
 def toy_table(path) -> str:
     """A table whose conv costs follow a formula (deterministic, growing with both widths)."""
     structure = derive_structure(ToyDetector(), TOY_SHAPE)
-    table = LatencyTable.new(structure, make_meta('cpu', 'fp32', TOY_SHAPE, 8, 'eager', 1, 0))
+    table = LatencyTable.new(structure, make_meta('cpu', 'fp32', TOY_SHAPE, 8, 'torch', 1, 0))
     for layer in structure.layers:
         n, _, h, w = layer.output_shape
         cost = np.outer(table.widths[layer.group], table.widths[layer.input_group]

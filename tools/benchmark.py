@@ -22,6 +22,7 @@ from mmdp.config_utils import check_info_files, load_config  # noqa: E402
 from mmdp.fileio import atomic_write_json  # noqa: E402
 from mmdp.latency import LATENCY_MODELS, LatencyTable, device_name  # noqa: E402
 from mmdp.latency.breakdown import module_timer  # noqa: E402
+from mmdp.runtime.runtimes import DETECTOR_RUNTIMES, detector_runner  # noqa: E402
 from mmdp.structure import StructureChoice  # noqa: E402
 from projects.streampetr.fake_inputs import fake_frame  # noqa: E402
 
@@ -36,6 +37,7 @@ def parse_args(argv=None):
     parser.add_argument('checkpoint', nargs='?', help='weights; random initialisation if absent')
     parser.add_argument('--samples', type=counts(1), default=50, help='timed frames (>= 1)')
     parser.add_argument('--warmup', type=counts(0), default=5, help='untimed frames first')
+    parser.add_argument('--runtime', choices=DETECTOR_RUNTIMES, default='torch')
     parser.add_argument('--amp', action='store_true', help='fp16 autocast (CUDA) / bf16 (CPU)')
     parser.add_argument('--fake-data', action='store_true',
                         help='random images at the config\'s img_size instead of the test set')
@@ -52,11 +54,11 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
-def load_table(table_path, device, batch_shape, dtype) -> LatencyTable:
-    """The latency table, checked against this device, input and dtype before anything is
-    timed."""
+def load_table(table_path, device, batch_shape, dtype, runtime) -> LatencyTable:
+    """The latency table, checked against this device, input, dtype and runtime before
+    anything is timed."""
     n, views = batch_shape[:2]
-    return LatencyTable.load(table_path, device=device_name(device), dtype=dtype, mode='eager',
+    return LatencyTable.load(table_path, device=device_name(device), dtype=dtype, runtime=runtime,
                              input_shape=(n * views, *batch_shape[2:]))
 
 
@@ -89,7 +91,7 @@ def main(argv=None):
     if not args.fake_data:
         check_info_files(cfg, ['test'], evaluators=False)
     table = load_table(args.latency_table, device, (1, 6, 3, *cfg.img_size),
-                       'fp16' if args.amp else 'fp32') if args.latency_table else None
+                       'fp16' if args.amp else 'fp32', args.runtime) if args.latency_table else None
     init_default_scope(cfg.get('default_scope', 'mmdet3d'))
     if cfg.get('custom_imports'):
         from mmengine.utils import import_modules_from_strings
@@ -109,6 +111,7 @@ def main(argv=None):
         loader_cfg = cfg.test_dataloader.copy()
         loader_cfg.num_workers, loader_cfg.persistent_workers = 2, False
         batches = Runner.build_dataloader(loader_cfg)
+    run = detector_runner(model, args.runtime, device)
     amp_dtype = torch.float16 if device.type == 'cuda' else torch.bfloat16
     times = []
     parts = [p for p in PARTS if hasattr(model, p)]
@@ -121,7 +124,7 @@ def main(argv=None):
             start = time.perf_counter()
             with torch.autocast(device.type, dtype=amp_dtype, enabled=args.amp):
                 data = model.data_preprocessor(batch, False)
-                model(**data, mode='predict')
+                run(data)
                 if device.type == 'cuda':
                     torch.cuda.synchronize()
             if i >= args.warmup:
@@ -139,7 +142,8 @@ def main(argv=None):
     breakdown['other'] = float(ms.mean()) - sum(breakdown.values())
     result = dict(config=args.config, checkpoint=args.checkpoint, device=str(device),
                   device_name=torch.cuda.get_device_name(device) if device.type == 'cuda'
-                  else 'cpu', precision='amp' if args.amp else 'fp32', batch_size=1,
+                  else 'cpu', runtime=args.runtime,
+                  precision='amp' if args.amp else 'fp32', batch_size=1,
                   views=6, frames=len(times), median_ms=float(np.median(ms)),
                   mean_ms=float(ms.mean()), fps=float(1000 / np.median(ms)),
                   breakdown_ms=breakdown,

@@ -2,7 +2,7 @@
 `prunable_head`, of the head's prunable parts and the neck's lateral convs).
 
     python tools/profile_latency.py CONFIG --out TABLE [--dtype fp32|fp16] [--step 32]
-        [--mode eager|cudagraph] [--input-shape N C H W] [--repeats R] [--samples S]
+        [--runtime torch|cudagraph] [--input-shape N C H W] [--repeats R] [--samples S]
 
 Times every prunable conv over its (output width, input width) grid at its real input size, then
 times the dense backbone and S random prunings end to end and fits the overhead terms of the LUT
@@ -21,9 +21,10 @@ import torch  # noqa: E402
 
 from mmdp.config_utils import load_config  # noqa: E402
 from mmdp.cli import UsageError, check_device, check_writable, counts, entry  # noqa: E402
-from mmdp.latency import (DTYPES, MODES, TERMS, LatencyTable, MeasuredLatency, Timer,  # noqa: E402
+from mmdp.latency import (DTYPES, TERMS, LatencyTable, MeasuredLatency, Timer,  # noqa: E402
                           build_from_config, device_name, fit_table, make_meta,
                           measure_samples, profile_layers, profile_parts)
+from mmdp.runtime.runtimes import TABLE_RUNTIMES, add_runtime_argument, resolve_runtime  # noqa: E402,E501
 from mmdp.structure import derive_structure  # noqa: E402
 
 # Settings a resumed run must share with the partial table it continues.
@@ -37,7 +38,7 @@ def parse_args(argv=None):
     parser.add_argument('--dtype', choices=sorted(DTYPES), default='fp32')
     parser.add_argument('--step', type=counts(1), default=32,
                         help='channel step of the width grid')
-    parser.add_argument('--mode', choices=MODES, default='eager')
+    add_runtime_argument(parser, TABLE_RUNTIMES)
     parser.add_argument('--input-shape', type=int, nargs=4, metavar=('N', 'C', 'H', 'W'),
                         help="backbone input; default: the config's latency_input_shape")
     parser.add_argument('--repeats', type=counts(1), default=100,
@@ -51,7 +52,7 @@ def parse_args(argv=None):
     parser.add_argument('--head', help="the detector's head to time with the backbone (its "
                         "prunable parts and the neck's convs), e.g. pts_bbox_head; default: "
                         "the config's `prunable_head`, else the backbone alone")
-    args = parser.parse_args(argv)
+    args = resolve_runtime(parser.parse_args(argv))
     if args.samples < len(TERMS) - 1:
         parser.error(f'--samples must be at least {len(TERMS) - 1} to fit {len(TERMS)} '
                      f'overhead terms {TERMS} (with the dense timing)')
@@ -62,7 +63,7 @@ def open_table(path: str, structure, meta: dict) -> LatencyTable:
     """A new table, or the partial one at `path` when it was profiled in the same setting."""
     if not os.path.exists(path):
         return LatencyTable.new(structure, meta)
-    table = LatencyTable.load(path, **{k: meta[k] for k in ('device', 'input_shape', 'mode',
+    table = LatencyTable.load(path, **{k: meta[k] for k in ('device', 'input_shape', 'runtime',
                                                             'dtype')})
     for name in RESUME_FIELDS:
         if table.meta[name] != meta[name]:
@@ -85,7 +86,7 @@ def main(argv=None) -> LatencyTable:
     head = args.head or load_config(args.config).get('prunable_head')
     structure = derive_structure(model, input_shape, head=head)
     backbone = model.get_submodule(structure.backbone) if structure.backbone else model
-    meta = make_meta(args.device, args.dtype, input_shape, args.step, args.mode, args.repeats,
+    meta = make_meta(args.device, args.dtype, input_shape, args.step, args.runtime, args.repeats,
                      args.warmup, os.path.abspath(args.config))
     table = open_table(args.out, structure, meta)
     print(f"{len(structure.layers)} prunable convs, {len(structure.groups)} channel groups, "

@@ -23,9 +23,10 @@ from tqdm import tqdm  # noqa: E402
 
 from mmdp.cli import check_device, check_writable, counts, entry  # noqa: E402
 from mmdp.latency import (  # noqa: E402
-    DTYPES, MODES, BilinearLutLatency, FlopsLatency, LatencyTable, LinearLutLatency,
+    DTYPES, BilinearLutLatency, FlopsLatency, LatencyTable, LinearLutLatency,
     MeasuredLatency, build_from_config, device_name, sample_choices)
 from mmdp.fileio import atomic_write, atomic_write_json  # noqa: E402
+from mmdp.runtime.runtimes import TABLE_RUNTIMES, add_runtime_argument, resolve_runtime  # noqa: E402,E501
 from mmdp.structure import StructureChoice, derive_structure  # noqa: E402
 
 matplotlib.use('Agg')
@@ -41,7 +42,7 @@ def parse_args(argv=None):
     parser.add_argument('--out-dir', help="where the JSON and the plot go; default: the table's "
                         'folder')
     parser.add_argument('--dtype', choices=sorted(DTYPES), default='fp32')
-    parser.add_argument('--mode', choices=MODES, default='eager')
+    add_runtime_argument(parser, TABLE_RUNTIMES)
     parser.add_argument('--input-shape', type=int, nargs=4, metavar=('N', 'C', 'H', 'W'),
                         help="backbone input; default: the config's latency_input_shape")
     parser.add_argument('--repeats', type=counts(1), default=100,
@@ -52,7 +53,7 @@ def parse_args(argv=None):
     parser.add_argument('--seed', type=int, default=1, help='differs from the profiling seed')
     parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
     parser.add_argument('--threads', type=counts(1), help='CPU threads (torch.set_num_threads)')
-    args = parser.parse_args(argv)
+    args = resolve_runtime(parser.parse_args(argv))
     if not 0 <= args.removal <= 1:
         parser.error(f'--removal must lie in [0, 1], found {args.removal}')
     args.out_dir = args.out_dir or os.path.dirname(os.path.abspath(args.table))
@@ -92,7 +93,7 @@ def main(argv=None) -> dict:
     structure = derive_structure(model, input_shape)
     backbone = model.get_submodule(structure.backbone) if structure.backbone else model
     table = LatencyTable.load(args.table, device=device_name(args.device),
-                              input_shape=input_shape, mode=args.mode, dtype=args.dtype)
+                              input_shape=input_shape, runtime=args.runtime, dtype=args.dtype)
     table.check_structure(structure)
 
     def timed():
@@ -124,7 +125,7 @@ def main(argv=None) -> dict:
 
     kind = 'CPU' if torch.device(args.device).type == 'cpu' else 'GPU'
     print(f'{args.n} structures on {table.meta["device"]} ({kind}), input {list(input_shape)}, '
-          f'{args.mode} {args.dtype}; dense {dense_ms:.3f} ms, measured '
+          f'{args.runtime} {args.dtype}; dense {dense_ms:.3f} ms, measured '
           f'{measured.min():.3f}..{measured.max():.3f} ms')
     print(f'{"model":<14}{"MAPE %":>9}{"MAPE % (dense-scaled)":>24}{"Spearman":>10}')
     for name, r in results.items():

@@ -30,7 +30,7 @@ def parse_size(key) -> tuple:
 def _macs_table(structure: Structure) -> LatencyTable:
     """An in-memory table holding only the structure, for MACs relative to the dense model."""
     meta = {'device': 'none (MACs)', 'input_shape': list(structure.input_shape),
-            'dtype': 'fp32', 'mode': 'eager', 'step': 1, 'torch': None,
+            'dtype': 'fp32', 'runtime': 'torch', 'step': 1, 'torch': None,
             'date': datetime.datetime.now().isoformat(timespec='seconds')}
     return LatencyTable(meta, structure, widths={}, dense_ms=1.0)
 

@@ -13,16 +13,18 @@ import torch
 from mmdp.fileio import atomic_write_json
 from mmdp.structure import Structure
 
+from mmdp.runtime.runtimes import RUNTIME_OF_MODE, TABLE_RUNTIMES
+
 from .timer import cudnn_version, device_name
 
 TABLE_FORMAT = 'mmdp-latency-table'
 TABLE_VERSION = 1
 # Metadata that must match the setting a table is used in; a mismatch is an error.
-CHECKED_FIELDS = ('device', 'input_shape', 'mode', 'dtype')
+CHECKED_FIELDS = ('device', 'input_shape', 'runtime', 'dtype')
 
 
 class TableMismatchError(ValueError):
-    """A latency table used for another device, input shape, execution mode or dtype;
+    """A latency table used for another device, input shape, runtime or dtype;
     `reason` is the mismatch alone, without the advice."""
 
     def __init__(self, message: str, reason: Optional[str] = None):
@@ -37,12 +39,16 @@ def width_grid(full: int, step: int) -> list:
     return list(range(step, full, step)) + [full]
 
 
-def make_meta(device, dtype: str, input_shape, step: int, mode: str, repeats: int,
+def make_meta(device, dtype: str, input_shape, step: int, runtime: str, repeats: int,
               warmup: int, config: Optional[str] = None) -> dict:
+    if runtime not in TABLE_RUNTIMES:
+        raise ValueError(f'a latency table is profiled in one of {TABLE_RUNTIMES}, found '
+                         f'runtime {runtime!r}')
     return {
         'device': device_name(device), 'torch': torch.__version__,
         'cudnn': cudnn_version(device), 'dtype': dtype, 'batch': int(input_shape[0]),
-        'input_shape': [int(s) for s in input_shape], 'step': int(step), 'mode': mode,
+        'input_shape': [int(s) for s in input_shape], 'step': int(step),
+        'runtime': runtime,
         'repeats': int(repeats), 'warmup': int(warmup), 'config': config,
         'date': datetime.datetime.now().isoformat(timespec='seconds'),
     }
@@ -94,7 +100,7 @@ class LatencyTable:
     @classmethod
     def load(cls, path, **expected) -> 'LatencyTable':
         """Load a table; every field of CHECKED_FIELDS given in `expected` (e.g.
-        `device=device_name('cuda')`, `input_shape=(6, 3, 256, 704)`, `mode='eager'`) must
+        `device=device_name('cuda')`, `input_shape=(6, 3, 256, 704)`, `runtime='torch'`) must
         match the table's, else `TableMismatchError` names it."""
         try:
             with open(path) as f:
@@ -107,6 +113,8 @@ class LatencyTable:
             raise ValueError(f'{path}: not a latency table of format {TABLE_FORMAT!r} version '
                              f"{TABLE_VERSION} (found {data.get('format')!r} "
                              f"{data.get('version')!r})")
+        if 'mode' in data['meta']:  # tables written before runtimes had one name
+            data['meta']['runtime'] = RUNTIME_OF_MODE[data['meta'].pop('mode')]
         table = cls(data['meta'], Structure.from_dict(data['structure']), data['widths'],
                     data['tables'], data['dense_ms'], data['samples'], data['fits'], str(path))
         table.check(**expected)

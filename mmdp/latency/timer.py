@@ -59,6 +59,21 @@ class Timer:
         return self._cuda_graph(module, inputs) if self.mode == 'cudagraph' else self._cuda(
             module, inputs)
 
+    def once(self, run) -> float:
+        """Milliseconds of one `run()`, synchronised with the device: for timings that must
+        interleave several models (a paired comparison), where `__call__`'s loop cannot."""
+        if self.device.type != 'cuda':
+            start = time.perf_counter()
+            run()
+            return (time.perf_counter() - start) * 1e3
+        with torch.cuda.device(self.device):
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            run()
+            end.record()
+            torch.cuda.synchronize(self.device)
+            return start.elapsed_time(end)
+
     def _cpu(self, module, inputs) -> float:
         for _ in range(self.warmup):
             module(*inputs)

@@ -1,5 +1,6 @@
 """What a run left in its work directory: nuScenes metrics (tools/test.py or validation), FPS
-(tools/benchmark.py --out fps*.json), pruning-event summaries and a JointPruning trajectory."""
+(tools/benchmark.py --out fps*.json), the paired speed-up over the dense model (tools/speedup.py
+--out speedup*.json), pruning-event summaries and a JointPruning trajectory."""
 import glob
 import json
 import os
@@ -18,6 +19,7 @@ class RunRecord:
     work_dir: str
     metrics: dict = field(default_factory=dict)  # mAP, NDS, ...
     fps: Optional[dict] = None  # tools/benchmark.py output
+    speedup: Optional[dict] = None  # tools/speedup.py output (this run as A)
     events: list = field(default_factory=list)  # pruning-event summaries, in order
     trajectory: list = field(default_factory=list)  # JointPruning search steps
 
@@ -51,6 +53,10 @@ def collect_run(work_dir: str, name: Optional[str] = None) -> RunRecord:
     if fps_file:
         with open(fps_file) as f:
             record.fps = json.load(f)
+    speedup_file = _newest(glob.glob(osp.join(work_dir, 'speedup*.json')))
+    if speedup_file:
+        with open(speedup_file) as f:
+            record.speedup = json.load(f)
     summaries = glob.glob(osp.join(work_dir, '**', 'event*_summary.json'), recursive=True)
     for path in sorted(summaries, key=lambda p: int(osp.basename(p)[5:].split('_')[0])):
         with open(path) as f:

@@ -12,13 +12,21 @@ def _fmt(value, spec='.3f'):
     return '-' if value is None else format(value, spec)
 
 
+def speedup_cell(speedup) -> str:
+    """The paired speed-up's median with the interquartile range of its per-round ratios."""
+    if not speedup:
+        return '-'
+    s = speedup['speedup']
+    return f"{s['median']:.2f}x (IQR {s['p25']:.2f}-{s['p75']:.2f}, {speedup['rounds']} rounds)"
+
+
 def write_report(runs: list, out_dir: str) -> str:
-    """Write `out_dir/report.md` and its PNG figures; returns the Markdown path. The first run is
-    the reference of the speed-up column (give the dense run first)."""
+    """Write `out_dir/report.md` and its PNG figures; returns the Markdown path. Give the dense
+    run first. The speed-up column is each run's paired speed-up (tools/speedup.py, in its work
+    directory): not a ratio of FPS measured at different times, which a busy machine skews."""
     os.makedirs(out_dir, exist_ok=True)
     lines = ['# Pruning report', '', '| run | mAP | NDS | FPS | speed-up | device, precision | '
              'predicted backbone ms (before -> after) | blocks removed |', '|' + ' --- |' * 8]
-    ref_fps = runs[0].fps['fps'] if runs and runs[0].fps else None
     acc_rows, latency_points = [], []
     for run in runs:
         fps = run.fps['fps'] if run.fps else None
@@ -26,7 +34,7 @@ def write_report(runs: list, out_dir: str) -> str:
         pred = (f"{last['predicted_ms']['before']:.3g} -> {last['predicted_ms']['after']:.3g}"
                 if last else '-')
         device = f"{run.fps['device_name']}, {run.fps['precision']}" if run.fps else '-'
-        speedup = f'{fps / ref_fps:.2f}x' if fps and ref_fps else '-'
+        speedup = speedup_cell(run.speedup)
         lines.append(f"| {run.name} | {_fmt(run.metrics.get('mAP'))} | "
                      f"{_fmt(run.metrics.get('NDS'))} | {_fmt(fps, '.2f')} | {speedup} | "
                      f"{device} | {pred} | {len(last['removed_blocks']) if last else '-'} |")
@@ -36,6 +44,14 @@ def write_report(runs: list, out_dir: str) -> str:
         if latency:
             for model, ms in latency['predicted_backbone_ms'].items():
                 latency_points.append((run.name, model, ms, latency['measured_backbone_ms']))
+    paired = [r.speedup for r in runs if r.speedup]
+    if paired:
+        lines += ['', 'Speed-up: frame time of the model named below over the run\'s, both timed '
+                  'alternately in one process (tools/speedup.py); median and interquartile range '
+                  'of the per-round ratios. ' + '; '.join(
+                      f"{r.name}: against {r.speedup['b']['config']} ({r.speedup['runtime']}, "
+                      f"{r.speedup['device_name']}, 5-95% {r.speedup['speedup']['p5']:.2f}-"
+                      f"{r.speedup['speedup']['p95']:.2f})" for r in runs if r.speedup)]
     if acc_rows:
         figures.accuracy_speed_figure(acc_rows, osp.join(out_dir, 'accuracy_vs_fps.png'))
         lines += ['', '![accuracy vs FPS](accuracy_vs_fps.png)']

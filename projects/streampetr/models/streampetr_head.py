@@ -135,37 +135,55 @@ class StreamPETRHead(BaseModule):
         nn.init.constant_(self.cls_branches[0][-1].bias, bias_init_with_prob(0.01))
 
     # ---- memory queue -------------------------------------------------------------------------
+    # The queue, per batch slot, newest first: query features, reference points in the current
+    # LiDAR frame, age (s), pose relative to the current frame, velocity. `step` takes it and
+    # returns the next one (stateless: what an exported graph carries between frames); the
+    # module's own forward keeps it in these attributes between calls.
+    MEMORY = ('memory_embedding', 'memory_reference_point', 'memory_timestamp',
+              'memory_egopose', 'memory_velo')
+
     def reset_memory(self):
         self.memory_embedding = None
 
-    def _pre_update_memory(self, frame, batch_size, device):
-        if self.memory_embedding is None or self.memory_embedding.size(0) != batch_size:
-            b, m = batch_size, self.memory_len
-            self.memory_embedding = torch.zeros(b, m, self.embed_dims, device=device)
-            self.memory_reference_point = torch.zeros(b, m, 3, device=device)
-            self.memory_timestamp = torch.zeros(b, m, 1, device=device)
-            self.memory_egopose = torch.zeros(b, m, 4, 4, device=device)
-            self.memory_velo = torch.zeros(b, m, 2, device=device)
-            valid = torch.zeros(batch_size, device=device)
-        else:
-            valid = frame['valid'].float()
-        x = valid.view(-1, 1, 1)
+    def empty_memory(self, batch_size, device) -> dict:
+        b, m = batch_size, self.memory_len
+        return dict(memory_embedding=torch.zeros(b, m, self.embed_dims, device=device),
+                    memory_reference_point=torch.zeros(b, m, 3, device=device),
+                    memory_timestamp=torch.zeros(b, m, 1, device=device),
+                    memory_egopose=torch.zeros(b, m, 4, 4, device=device),
+                    memory_velo=torch.zeros(b, m, 2, device=device))
+
+    def memory_to_step_from(self, memory, frame, batch_size, device):
+        """(memory, frame) for `step`: the given queue, or an empty one with every slot
+        starting afresh when there is none yet or the batch size changed."""
+        if memory is None or memory['memory_embedding'].size(0) != batch_size:
+            valid = torch.zeros(batch_size, dtype=torch.bool, device=device)
+            return self.empty_memory(batch_size, device), dict(frame, valid=valid)
+        return memory, frame
+
+    def _pre_update_memory(self, memory, frame):
+        """The queue moved into the current frame; emptied where a slot does not continue."""
+        x = frame['valid'].float().view(-1, 1, 1)
         motion = frame['ego_motion']  # previous LiDAR frame -> current one
-        self.memory_timestamp = (self.memory_timestamp + frame['dt'].view(-1, 1, 1)) * x
-        self.memory_egopose = (motion[:, None] @ self.memory_egopose) * x[..., None]
-        self.memory_reference_point = transform_points(self.memory_reference_point, motion) * x
-        self.memory_embedding = self.memory_embedding * x
-        self.memory_velo = self.memory_velo * x
+        ref = transform_points(memory['memory_reference_point'], motion) * x
+        egopose = (motion[:, None] @ memory['memory_egopose']) * x[..., None]
         if self.num_propagated > 0:
             # Slots without a past get learned pseudo points, so propagated queries still exist.
             p = self.num_propagated
             pseudo = self.pseudo_reference_points.weight * (self.pc_range[3:] - self.pc_range[:3]) \
                 + self.pc_range[:3]
-            self.memory_reference_point[:, :p] += (1 - x) * pseudo
-            eye = torch.eye(4, device=device)
-            self.memory_egopose[:, :p] += (1 - x)[..., None] * eye
+            ref = torch.cat([ref[:, :p] + (1 - x) * pseudo, ref[:, p:]], 1)
+            eye = torch.eye(4, device=ref.device)
+            egopose = torch.cat([egopose[:, :p] + (1 - x)[..., None] * eye, egopose[:, p:]], 1)
+        return dict(
+            memory_embedding=memory['memory_embedding'] * x,
+            memory_reference_point=ref,
+            memory_timestamp=(memory['memory_timestamp'] + frame['dt'].view(-1, 1, 1)) * x,
+            memory_egopose=egopose,
+            memory_velo=memory['memory_velo'] * x)
 
-    def _post_update_memory(self, cls_scores, bbox_preds, dec_out, pad):
+    def _post_update_memory(self, memory, cls_scores, bbox_preds, dec_out, pad):
+        """The queue with this frame's top-k queries pushed in front."""
         score = cls_scores[:, pad:].sigmoid().max(-1, keepdim=True).values.detach()
         _, idx = score.topk(self.topk_proposals, dim=1)
 
@@ -180,27 +198,27 @@ class StreamPETRHead(BaseModule):
             memory_timestamp=torch.zeros(b, k, 1, device=idx.device),
             memory_egopose=torch.eye(4, device=idx.device).expand(b, k, 4, 4),
             memory_velo=gather(bbox_preds[:, pad:, -2:].detach()))
-        for name, new in rec.items():
-            setattr(self, name, torch.cat([new, getattr(self, name)], 1)[:, :self.memory_len])
+        return {name: torch.cat([new, memory[name]], 1)[:, :self.memory_len]
+                for name, new in rec.items()}
 
-    def _temporal_alignment(self, query_pos, tgt, reference_points):
+    def _temporal_alignment(self, memory, query_pos, tgt, reference_points):
         b, q = query_pos.shape[:2]
-        temp_ref = (self.memory_reference_point - self.pc_range[:3]) / (
+        temp_ref = (memory['memory_reference_point'] - self.pc_range[:3]) / (
             self.pc_range[3:] - self.pc_range[:3])
         temp_pos = self.query_embedding(pos2posemb3d(temp_ref))
-        temp_memory = self.memory_embedding
+        temp_memory = memory['memory_embedding']
         eye = torch.eye(4, device=tgt.device)[:3].flatten()
         rec_motion = torch.cat([tgt.new_zeros(b, q, 3), eye.expand(b, q, 12)], -1)
         rec_motion = nerf_positional_encoding(rec_motion)
         tgt = self.ego_pose_memory(tgt, rec_motion)
         query_pos = self.ego_pose_pe(query_pos, rec_motion)
-        mem_motion = torch.cat([self.memory_velo, self.memory_timestamp,
-                                self.memory_egopose[..., :3, :].flatten(-2)], -1)
+        mem_motion = torch.cat([memory['memory_velo'], memory['memory_timestamp'],
+                                memory['memory_egopose'][..., :3, :].flatten(-2)], -1)
         mem_motion = nerf_positional_encoding(mem_motion)
         temp_pos = self.ego_pose_pe(temp_pos, mem_motion)
         temp_memory = self.ego_pose_memory(temp_memory, mem_motion)
         query_pos = query_pos + self.time_embedding(pos2posemb(tgt.new_zeros(b, q, 1), 256))
-        temp_pos = temp_pos + self.time_embedding(pos2posemb(self.memory_timestamp, 256))
+        temp_pos = temp_pos + self.time_embedding(pos2posemb(memory['memory_timestamp'], 256))
         p = self.num_propagated
         if p > 0:
             tgt = torch.cat([tgt, temp_memory[:, :p]], 1)
@@ -213,8 +231,9 @@ class StreamPETRHead(BaseModule):
     def _position_embedding(self, frame, h, w):
         device = self.position_range.device
         pad_h, pad_w = frame['pad_shape']
-        v = (torch.arange(h, device=device) + 0.5) * pad_h / h
-        u = (torch.arange(w, device=device) + 0.5) * pad_w / w
+        f32 = dict(device=device, dtype=torch.float32)  # explicit: the ONNX trace keeps it
+        v = (torch.arange(h, **f32) + 0.5) * pad_h / h
+        u = (torch.arange(w, **f32) + 0.5) * pad_w / w
         vv, uu, dd = torch.meshgrid(v, u, self.coords_d, indexing='ij')  # (h, w, D)
         coords = torch.stack([uu * dd, vv * dd, dd, torch.ones_like(dd)], -1)
         img2lidar = frame['img2lidar']  # (B, N, 4, 4)
@@ -272,9 +291,23 @@ class StreamPETRHead(BaseModule):
     # ---- forward / loss / predict -------------------------------------------------------------
     def forward(self, feats, frame, gt_bboxes=None, gt_labels=None):
         """feats (B, N, C, H, W). Returns per-layer class logits (L, B, Q, C), box codes
-        (L, B, Q, 10) with metric centres, and the denoising bookkeeping (or None)."""
+        (L, B, Q, 10) with metric centres, and the denoising bookkeeping (or None). The memory
+        queue is the module's: a first call (or a new batch size) starts it empty."""
+        memory = None if self.memory_embedding is None else {
+            name: getattr(self, name) for name in self.MEMORY}
+        memory, frame = self.memory_to_step_from(memory, frame, feats.size(0), feats.device)
+        cls_scores, bbox_preds, dn, memory = self.step(feats, frame, memory, gt_bboxes,
+                                                       gt_labels)
+        for name, value in memory.items():
+            setattr(self, name, value)
+        return cls_scores, bbox_preds, dn
+
+    def step(self, feats, frame, memory, gt_bboxes=None, gt_labels=None):
+        """One frame, stateless: `forward`'s outputs and the next memory queue (a dict of
+        `MEMORY` tensors). `frame` holds img2lidar (B, N, 4, 4), focal (B, N, 2), pad_shape,
+        and since the previous frame: valid (B,), ego_motion (B, 4, 4), dt (B,)."""
         b, n, c, h, w = feats.shape
-        self._pre_update_memory(frame, b, feats.device)
+        memory = self._pre_update_memory(memory, frame)
         tokens = feats.permute(0, 1, 3, 4, 2).reshape(b, n * h * w, c)
         pos_embed, cone = self._position_embedding(frame, h, w)
         tokens = self.spatial_alignment(self.memory_embed(tokens), cone)
@@ -284,7 +317,8 @@ class StreamPETRHead(BaseModule):
                                                 gt_labels)
         query_pos = self.query_embedding(pos2posemb3d(ref))
         tgt = torch.zeros_like(query_pos)
-        tgt, query_pos, ref, temp_memory, temp_pos = self._temporal_alignment(query_pos, tgt, ref)
+        tgt, query_pos, ref, temp_memory, temp_pos = self._temporal_alignment(
+            memory, query_pos, tgt, ref)
         dec = torch.nan_to_num(self.decoder(tgt, query_pos, tokens, pos_embed, temp_memory,
                                             temp_pos, blocked))
         ref = inverse_sigmoid(ref)
@@ -294,8 +328,9 @@ class StreamPETRHead(BaseModule):
         centers = (box[..., :3] + ref).sigmoid()
         centers = centers * (self.pc_range[3:] - self.pc_range[:3]) + self.pc_range[:3]
         bbox_preds = torch.cat([centers, box[..., 3:]], -1)
-        self._post_update_memory(cls_scores[-1], bbox_preds[-1], dec[-1], dn['pad'] if dn else 0)
-        return cls_scores, bbox_preds, dn
+        memory = self._post_update_memory(memory, cls_scores[-1], bbox_preds[-1], dec[-1],
+                                          dn['pad'] if dn else 0)
+        return cls_scores, bbox_preds, dn, memory
 
     def _match_loss(self, cls_scores, bbox_preds, gt_bboxes, gt_labels):
         b, q = cls_scores.shape[:2]
@@ -347,8 +382,13 @@ class StreamPETRHead(BaseModule):
 
     def predict(self, feats, frame):
         cls_scores, bbox_preds, _ = self(feats, frame)
+        return self.decode(cls_scores[-1], bbox_preds[-1])
+
+    def decode(self, cls_scores, bbox_preds):
+        """Boxes, scores and labels per sample from the last layer's (B, Q, C) logits and
+        (B, Q, 10) box codes."""
         results = []
-        for cls, box in zip(cls_scores[-1], bbox_preds[-1]):
+        for cls, box in zip(cls_scores, bbox_preds):
             boxes, scores, labels = self.bbox_coder.decode(cls, box)
             boxes[:, 2] = boxes[:, 2] - boxes[:, 5] * 0.5  # gravity centre -> bottom centre
             res = InstanceData()

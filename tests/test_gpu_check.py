@@ -1,0 +1,40 @@
+"""The GPU check: refuses at once without a GPU; every step runs on the CPU at small size and
+writes its figures as JSON and Markdown."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+
+def run(*args):
+    return subprocess.run([sys.executable, 'tools/gpu_check.py', *args], capture_output=True,
+                          text=True, env=dict(os.environ, PYTHONPATH=os.getcwd()))
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason='tests the machine without a GPU')
+def test_without_a_gpu_it_stops_at_once(tmp_path):
+    proc = run(str(tmp_path / 'out'))
+    assert proc.returncode == 1 and 'error: no CUDA device' in proc.stderr
+    assert not (tmp_path / 'out').exists()
+    proc = subprocess.run(['bash', 'tools/gpu_check.sh', str(tmp_path / 'out')],
+                          capture_output=True, text=True)
+    assert proc.returncode == 1 and 'no NVIDIA GPU here' in proc.stderr
+
+
+def test_every_step_at_small_size_on_the_cpu(tmp_path):
+    proc = run(str(tmp_path), '--cpu-small')
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    with open(tmp_path / 'gpu_check.json') as f:
+        result = json.load(f)
+    assert result['size'] == 'cpu-small' and list(result['tables']) == ['torch']
+    assert set(result['validation']['torch']) >= {'lut_bilinear', 'lut_linear', 'flops'}
+    assert set(result['structures']) == {'mdp45', 'mdp50', 'mdp70', 'halp45'}
+    for name, s in result['structures'].items():
+        assert os.path.isfile(s['weights']), name
+        speedup = result['speedups'][name]['torch']
+        assert speedup['p5'] <= speedup['median'] <= speedup['p95']
+    text = (tmp_path / 'gpu_check.md').read_text()
+    assert '| mdp45' in text and '1.18x' in text and 'Skipped:' in text
