@@ -47,7 +47,7 @@ CASES = [
     Case('override-type', 'a number set to text', 'train',
          (SMALL, '--cfg-options', 'train_cfg.max_iters=abc'), 2,
          "--cfg-options train_cfg.max_iters='abc': train_cfg.max_iters must be an integer (the "
-         'config has 20)'),
+         'config has 250)'),
     Case('override-type-cli', 'the same, as a user runs it (no traceback)', 'train',
          (SMALL, '--cfg-options', 'train_cfg.max_iters=abc'), 2,
          'train_cfg.max_iters must be an integer', subprocess=True),
@@ -58,7 +58,7 @@ CASES = [
          'train_dataloader.dataset.data_root, val_dataloader.dataset.data_root'),
     Case('override-interpolated-int', 'the same for max_iters', 'train',
          (SMALL, '--cfg-options', 'max_iters=5'), 2,
-         "set those instead: train_cfg.max_iters, train_cfg.val_interval, "
+         "set those instead: param_scheduler.1.end, train_cfg.max_iters, train_cfg.val_interval, "
          'default_hooks.checkpoint.interval'),
     Case('override-unread', 'a top-level variable nothing reads', 'train',
          (MDP, '--cfg-options', 'max_iters=5'), 2,
@@ -107,9 +107,9 @@ CASES = [
          (MDP, '@data', '@hook', 'custom_hooks.1.latency_dtype=fp16'), 2,
          "latency table {table}: dtype is 'fp32' in the table but 'fp16' here; make a table on "
          'the target device with `python tools/profile_latency.py ' + MDP + ' --out '
-         '{tmp}/table_formula_fp16_eager_1x3x64x128_step128.json --input-shape 1 3 64 128 --step '
-         '128 --dtype fp16 --mode eager`, then set custom_hooks.1.latency_table='
-         '{tmp}/table_formula_fp16_eager_1x3x64x128_step128.json'),
+         '{tmp}/table_formula_fp16_torch_1x3x64x128_step128.json --input-shape 1 3 64 128 --step '
+         '128 --dtype fp16 --runtime torch`, then set custom_hooks.1.latency_table='
+         '{tmp}/table_formula_fp16_torch_1x3x64x128_step128.json'),
     Case('table-grid', 'a latency table whose widths do not follow its step', 'train',
          (MDP, '@data', '--cfg-options', 'latency_input_shape=(1, 3, 64, 128)',
           'custom_hooks.1.latency_table={bad_grid_table}',
@@ -295,7 +295,7 @@ def _formula_table_at(model, path, shape, device):
     from mmdp.structure import derive_structure
 
     structure = derive_structure(model, shape)
-    table = LatencyTable.new(structure, dict(make_meta('cpu', 'fp32', shape, STEP, 'eager', 1,
+    table = LatencyTable.new(structure, dict(make_meta('cpu', 'fp32', shape, STEP, 'torch', 1,
                                                        0), device=device))
     for layer in structure.layers:
         n_in = (table.widths[layer.input_group] if layer.input_group else [layer.in_channels])
@@ -459,7 +459,7 @@ def test_the_suggested_profile_command_makes_the_table_the_run_needs(paths, caps
     # The command as given, with fewer timings to keep the test short.
     load_tool('profile_latency').main(command[2:] + ['--repeats', '1', '--warmup', '0',
                                                      '--samples', '3'])
-    table = LatencyTable.load(out, input_shape=shape, dtype='fp32', mode='eager')
+    table = LatencyTable.load(out, input_shape=shape, dtype='fp32', runtime='torch')
     table.check_structure(derive_structure(small_model(), shape))
     assert table.meta['step'] == STEP
 

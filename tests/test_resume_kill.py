@@ -105,7 +105,7 @@ def formula_table(model, path: str) -> str:
     from mmdp.structure import derive_structure
 
     structure = derive_structure(model, TABLE_SHAPE)
-    table = LatencyTable.new(structure, dict(make_meta('cpu', 'fp32', TABLE_SHAPE, STEP, 'eager',
+    table = LatencyTable.new(structure, dict(make_meta('cpu', 'fp32', TABLE_SHAPE, STEP, 'torch',
                                                        1, 0), device=TABLE_DEVICE))
     for layer in structure.layers:
         _, _, h, w = layer.output_shape

@@ -272,7 +272,7 @@ def test_head_saliency_is_the_gradient_of_a_unit_gate(model, structure):
 def test_a_backbone_only_latency_table_is_refused_for_a_whole_detector_run(model, structure):
     from mmdp.latency import LatencyTable, make_meta
     backbone_only = derive_structure(model, SHAPE)
-    table = LatencyTable.new(backbone_only, make_meta('cpu', 'fp32', SHAPE, 128, 'eager', 1, 0))
+    table = LatencyTable.new(backbone_only, make_meta('cpu', 'fp32', SHAPE, 128, 'torch', 1, 0))
     with pytest.raises(ValueError, match=r"part 'img_neck.lateral_convs.0.conv' \(head or neck\) "
                                          r"is only in the model: profile the table"):
         table.check_structure(structure)

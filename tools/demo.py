@@ -95,6 +95,11 @@ def main():
         run(f'benchmark ({name})', ['tools/benchmark.py', config, ckpt, '--samples', '10',
                                     '--warmup', '2', '--latency-table', table, '--out',
                                     osp.join(work_dir, 'fps.json')])
+    # The report's speed-up: both models timed alternately in one process, so a busy machine
+    # slows both alike (one thread: two contend badly on a shared 2-core machine).
+    run('paired speed-up', ['tools/speedup.py', runs[1][1], runs[1][2], '--against', DENSE,
+                            dense_ckpt, '--rounds', '20', '--warmup', '3', '--threads', '1',
+                            '--out', osp.join(mdp, 'speedup.json')])
     report = osp.join(work, 'report')
     run('report', ['tools/report.py', dense, mdp, '--out', report])
     print(f'[demo] done in {time.time() - start:.0f} s: the report is '

@@ -16,7 +16,7 @@ from mmdp.cli import RunError
 from mmdp.fileio import atomic_write_json
 from mmdp.latency import (LATENCY_MODELS, BilinearLutLatency, LatencyTable, LinearLutLatency,
                           TableMismatchError, device_name)
-from mmdp.latency.table import width_grid
+from mmdp.latency.table import profiled_widths
 from mmdp.pruning.event import build_problem, choice_from_solution, format_summary, summarize
 from mmdp.pruning.masks import PruningMasks
 from mmdp.pruning.state import CHECKPOINT_KEY, PruningState
@@ -55,8 +55,8 @@ class PruningHook(Hook):
         solver: a `SOLVERS` name or dict; default dict(type='mdp', time_limit=60).
         latency_device: the device the table must have been profiled on; default: the one this
             run trains on. Name another to prune for a deployment device.
-        latency_dtype, latency_mode: the precision ('fp32', 'fp16', ...) and execution mode
-            ('eager', 'cudagraph') the deployed model runs in; the table must have been
+        latency_dtype, latency_runtime: the precision ('fp32', 'fp16', ...) and runtime
+            ('torch', 'cudagraph') the deployed model runs in; the table must have been
             profiled so.
         out_dir: folder under the work dir for the event files. A rerun of an event (a resumed
             run) that decides otherwise keeps the earlier files aside as
@@ -69,7 +69,7 @@ class PruningHook(Hook):
                  latency_model: Union[str, dict] = 'lut_bilinear',
                  solver: Union[str, dict, None] = None,
                  latency_device: Optional[str] = None, latency_dtype: str = 'fp32',
-                 latency_mode: str = 'eager', out_dir: str = 'pruning'):
+                 latency_runtime: str = 'torch', out_dir: str = 'pruning'):
         if not 0 < prune_ratio < 1:
             raise ValueError(f'PruningHook: prune_ratio must lie in (0, 1), found {prune_ratio}')
         if at_iter < 1:
@@ -98,7 +98,7 @@ class PruningHook(Hook):
         self.table_path, self.prune_ratio = latency_table, float(prune_ratio)
         self.events = [int(at_iter) + s * int(interval) for s in range(int(steps))]
         self.chunk, self.latency_device, self.out_dir = chunk, latency_device, out_dir
-        self.latency_dtype, self.latency_mode = latency_dtype, latency_mode
+        self.latency_dtype, self.latency_runtime = latency_dtype, latency_runtime
         self.state = PruningState()
         self._grad_hooks = []
 
@@ -114,12 +114,11 @@ class PruningHook(Hook):
             raise ValueError(f'latency table {self.table_path} does not fit the model: {e}; '
                              f'{self._profile_hint(runner)}') from None
         step = self.table.meta['step']
-        for group, full in self.structure.groups.items():
-            if self.table.widths.get(group) != width_grid(full, step):
+        for group, grid in profiled_widths(self.structure, step).items():
+            if self.table.widths.get(group) != grid:
                 raise ValueError(f'latency table {self.table_path}: group {group!r} has widths '
                                  f'{self.table.widths.get(group)}, not the grid of its '
-                                 f'{step}-channel step {width_grid(full, step)}; '
-                                 f'{self._profile_hint(runner)}')
+                                 f'{step}-channel step {grid}; {self._profile_hint(runner)}')
         self.chunk = step if self.chunk is None else int(self.chunk)
         if self.chunk < step:
             raise ValueError(f'PruningHook: chunk={self.chunk} is finer than the {step}-channel '
@@ -171,14 +170,14 @@ class PruningHook(Hook):
                 next(bare_model(runner).parameters()).device)
             slug = re.sub(r'[^a-z0-9]+', '-', device.lower()).strip('-')
             root, ext = osp.splitext(out)
-            out = (f"{root}_{slug}_{self.latency_dtype}_{self.latency_mode}_"
+            out = (f"{root}_{slug}_{self.latency_dtype}_{self.latency_runtime}_"
                    f"{'x'.join(map(str, shape))}_step{step}{ext or '.json'}")
         hooks = [h.get('type') for h in runner.cfg.get('custom_hooks', [])]
         where = (f'custom_hooks.{hooks.index("PruningHook")}.latency_table'
                  if 'PruningHook' in hooks else 'the PruningHook\'s latency_table')
         command = (f"python tools/profile_latency.py {runner.cfg.filename or 'CONFIG'} --out {out} "
                    f"--input-shape {' '.join(map(str, shape))} --step {step} "
-                   f'--dtype {self.latency_dtype} --mode {self.latency_mode}')
+                   f'--dtype {self.latency_dtype} --runtime {self.latency_runtime}')
         then = '' if out == self.table_path else f', then set {where}={out}'
         return f'make a table on the target device with `{command}`{then}'
 
@@ -198,7 +197,7 @@ class PruningHook(Hook):
         try:
             return LatencyTable.load(self.table_path, device=device,
                                      input_shape=runner.cfg.latency_input_shape,
-                                     dtype=self.latency_dtype, mode=self.latency_mode)
+                                     dtype=self.latency_dtype, runtime=self.latency_runtime)
         except TableMismatchError as e:
             raise TableMismatchError(f'{e.reason}; {self._profile_hint(runner)}',
                                      e.reason) from None

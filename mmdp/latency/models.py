@@ -17,7 +17,7 @@ from mmdp.structure import Structure, StructureChoice, derive_structure, prune_c
 from mmdp.structure.head import ATTENTION, Part
 
 from .registry import LATENCY_MODELS
-from .table import LatencyTable, width_grid
+from .table import LatencyTable, profiled_widths
 from .timer import DTYPES, Timer
 
 # Order of the fitted terms of the LUT models.
@@ -27,9 +27,8 @@ TERMS = ('scale', 'per_block', 'per_element', 'constant')
 def group_widths(structure: Structure, step: int) -> dict:
     """The widths a problem offers per group: the stem's full width only, every head count of an
     attention, multiples of `step` (then the full width) elsewhere."""
-    heads = {p.group for p in structure.parts if p.kind == ATTENTION}
-    return {g: [full] if g in structure.fixed_groups else
-            list(range(1, full + 1)) if g in heads else width_grid(full, step)
+    grid = profiled_widths(structure, step)
+    return {g: [full] if g in structure.fixed_groups else grid[g]
             for g, full in structure.groups.items()}
 
 

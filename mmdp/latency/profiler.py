@@ -115,9 +115,6 @@ def profile_parts(table: LatencyTable, timer: Timer, dtype: torch.dtype,
                   save: Optional[Callable] = None) -> None:
     """Time every head part and neck conv not yet in `table.tables` at each width of its group
     (every head count of an attention), in the same table as the convs."""
-    for part in table.structure.parts:
-        if part.kind == ATTENTION:
-            table.widths[part.group] = list(range(1, part.units + 1))
     todo = [p for p in table.structure.parts if p.name not in table.tables]
     for part in tqdm(todo, desc='head parts', unit='part'):
         table.tables[part.name] = [time_part(part, w, timer, dtype)

@@ -12,6 +12,7 @@ import torch
 
 from mmdp.fileio import atomic_write_json
 from mmdp.structure import Structure
+from mmdp.structure.head import ATTENTION
 
 from mmdp.runtime.runtimes import RUNTIME_OF_MODE, TABLE_RUNTIMES
 
@@ -37,6 +38,14 @@ def width_grid(full: int, step: int) -> list:
     if step < 1:
         raise ValueError(f'channel step must be >= 1, found {step}')
     return list(range(step, full, step)) + [full]
+
+
+def profiled_widths(structure: Structure, step: int) -> dict:
+    """Widths a table holds per group: every head count of an attention (heads are few and each
+    one counts), the `step` grid of `width_grid` for channels and hidden units."""
+    heads = {p.group for p in structure.parts if p.kind == ATTENTION}
+    return {g: list(range(1, full + 1)) if g in heads else width_grid(full, step)
+            for g, full in structure.groups.items()}
 
 
 def make_meta(device, dtype: str, input_shape, step: int, runtime: str, repeats: int,
@@ -79,8 +88,7 @@ class LatencyTable:
 
     @classmethod
     def new(cls, structure: Structure, meta: dict) -> 'LatencyTable':
-        widths = {g: width_grid(full, meta['step']) for g, full in structure.groups.items()}
-        return cls(meta, structure, widths)
+        return cls(meta, structure, profiled_widths(structure, meta['step']))
 
     @property
     def complete(self) -> bool:
