@@ -41,31 +41,17 @@ def part_features(part, kept: list) -> torch.Tensor:
     return (idx[:, None] * part.unit + torch.arange(part.unit)).flatten()
 
 
-def _slice_linear(linear: nn.Linear, out_idx=None, in_idx=None) -> None:
-    weight = linear.weight
-    if out_idx is not None:
-        weight = _slice_param(weight, 0, out_idx)
-        if linear.bias is not None:
-            linear.bias = nn.Parameter(_slice_param(linear.bias, 0, out_idx),
-                                       linear.bias.requires_grad)
-        linear.out_features = len(out_idx)
-    if in_idx is not None:
-        weight = _slice_param(weight, 1, in_idx)
-        linear.in_features = len(in_idx)
-    linear.weight = nn.Parameter(weight, linear.weight.requires_grad)
-
-
 def _slice_part(model: nn.Module, part, kept: list) -> None:
     """Slice a head part to its kept units: an MLP's hidden features, an attention's heads
     (q/k/v output rows and out_proj input columns; the module's head count follows)."""
     idx = part_features(part, kept)
     if part.kind == MLP:
-        _slice_linear(_get(model, part.modules[0], nn.Linear), out_idx=idx)
-        _slice_linear(_get(model, part.modules[1], nn.Linear), in_idx=idx)
+        _slice_layer(_get(model, part.modules[0], nn.Linear), out_idx=idx)
+        _slice_layer(_get(model, part.modules[1], nn.Linear), in_idx=idx)
     elif part.kind == ATTENTION:
         for path in part.modules[:3]:
-            _slice_linear(_get(model, path, nn.Linear), out_idx=idx)
-        _slice_linear(_get(model, part.modules[3], nn.Linear), in_idx=idx)
+            _slice_layer(_get(model, path, nn.Linear), out_idx=idx)
+        _slice_layer(_get(model, part.modules[3], nn.Linear), in_idx=idx)
         model.get_submodule(part.name).num_heads = len(kept)
 
 
@@ -93,18 +79,22 @@ def _slice_param(tensor: torch.Tensor, dim: int, idx: torch.Tensor) -> torch.Ten
     return tensor.detach().index_select(dim, idx.to(tensor.device)).clone()
 
 
-def _slice_conv(conv: nn.Conv2d, out_idx=None, in_idx=None) -> None:
-    weight = conv.weight
+def _slice_layer(layer: nn.Module, out_idx=None, in_idx=None) -> None:
+    """Keep the output rows `out_idx` and input columns `in_idx` of a Linear or a Conv2d (both
+    hold outputs in dim 0 and inputs in dim 1 of their weight)."""
+    out_attr, in_attr = (('out_features', 'in_features') if isinstance(layer, nn.Linear)
+                         else ('out_channels', 'in_channels'))
+    weight = layer.weight
     if out_idx is not None:
         weight = _slice_param(weight, 0, out_idx)
-        if conv.bias is not None:
-            conv.bias = nn.Parameter(_slice_param(conv.bias, 0, out_idx),
-                                     conv.bias.requires_grad)
-        conv.out_channels = len(out_idx)
+        if layer.bias is not None:
+            layer.bias = nn.Parameter(_slice_param(layer.bias, 0, out_idx),
+                                      layer.bias.requires_grad)
+        setattr(layer, out_attr, len(out_idx))
     if in_idx is not None:
         weight = _slice_param(weight, 1, in_idx)
-        conv.in_channels = len(in_idx)
-    conv.weight = nn.Parameter(weight, conv.weight.requires_grad)
+        setattr(layer, in_attr, len(in_idx))
+    layer.weight = nn.Parameter(weight, layer.weight.requires_grad)
 
 
 def _slice_bn(bn: nn.Module, idx: torch.Tensor) -> None:
@@ -153,11 +143,11 @@ def prune_copy(model: nn.Module, structure: Structure, choice: StructureChoice,
                 raise ValueError(f'{layer.name} has {conv.out_channels} output channels, the '
                                  f'structure says {layer.out_channels}')
             in_idx = kept[layer.input_group] if layer.input_group else None
-            _slice_conv(conv, kept[layer.group], in_idx)
+            _slice_layer(conv, kept[layer.group], in_idx)
             _slice_bn(_get(pruned, path(layer.bn), _BatchNorm), kept[layer.group])
         if not backbone_only:
             for consumer in structure.consumers:
-                _slice_conv(_get(pruned, consumer.name, nn.Conv2d), in_idx=kept[consumer.group])
+                _slice_layer(_get(pruned, consumer.name, nn.Conv2d), in_idx=kept[consumer.group])
             for part in structure.valued_parts:
                 if part.block not in choice.removed_blocks:
                     _slice_part(pruned, part, choice.kept(structure, part.group))
