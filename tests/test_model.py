@@ -220,15 +220,16 @@ def test_hungarian_cost_weights_the_box_code():
 
 
 def test_query_denoising_always_uses_every_group(cfg, model):
-    """40 boxes, 60 queries, 3 groups: the published code keeps 3 groups (pad 120)."""
+    """40 boxes (over the 30 at which the port used to lower the group count): the published
+    code keeps every one of the 10 groups (pad 400)."""
     model.train()
     head = model.pts_bbox_head
     boxes = torch.cat([torch.rand(40, 3) * 20, torch.rand(40, 3) + 1, torch.rand(40, 3)], 1)
     ref, blocked, dn = head._prepare_for_dn(1, head.reference_points.weight, [boxes],
                                             [torch.zeros(40, dtype=torch.long)])
-    assert head.dn_groups == 3 and dn['pad'] == 120 and ref.shape[1] == 120 + head.num_query
-    assert blocked.shape == (120 + head.num_query + head.num_propagated,
-                             120 + head.num_query + head.memory_len)
+    assert head.dn_groups == 10 and dn['pad'] == 400 and ref.shape[1] == 400 + head.num_query
+    assert blocked.shape == (400 + head.num_query + head.num_propagated,
+                             400 + head.num_query + head.memory_len)
 
 
 def test_cross_attention_drops_no_probabilities_self_attention_does():

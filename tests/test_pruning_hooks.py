@@ -332,7 +332,7 @@ def test_set_up_errors_stop_a_run_before_it_trains_and_infeasible_budgets_fail(t
     with pytest.raises(FileNotFoundError, match=r'missing\.json does not exist; make a table on '
                                                 r'the target device with `python '
                                                 r'tools/profile_latency.py .* --input-shape 2 3 '
-                                                r'32 32 --step 8 --dtype fp32 --mode eager`'):
+                                                r'32 32 --step 8 --dtype fp32 --runtime torch`'):
         runner.train()
     assert runner.iter == 0
     runner = toy_runner(str(tmp_path / 'b'), table, 'another GPU')

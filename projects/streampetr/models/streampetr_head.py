@@ -231,9 +231,10 @@ class StreamPETRHead(BaseModule):
     def _position_embedding(self, frame, h, w):
         device = self.position_range.device
         pad_h, pad_w = frame['pad_shape']
-        f32 = dict(device=device, dtype=torch.float32)  # explicit: the ONNX trace keeps it
-        v = (torch.arange(h, **f32) + 0.5) * pad_h / h
-        u = (torch.arange(w, **f32) + 0.5) * pad_w / w
+        # An explicit dtype (the ONNX trace keeps it): the depth bins', float64 in a .double() model.
+        like = dict(device=device, dtype=self.coords_d.dtype)
+        v = (torch.arange(h, **like) + 0.5) * pad_h / h
+        u = (torch.arange(w, **like) + 0.5) * pad_w / w
         vv, uu, dd = torch.meshgrid(v, u, self.coords_d, indexing='ij')  # (h, w, D)
         coords = torch.stack([uu * dd, vv * dd, dd, torch.ones_like(dd)], -1)
         img2lidar = frame['img2lidar']  # (B, N, 4, 4)
