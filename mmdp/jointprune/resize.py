@@ -5,7 +5,7 @@ Pixel coordinates span [0, W] x [0, H] (the convention of `StreamResizeCropFlipI
 resize from (H, W) to (H', W') is the affine diag(W'/W, H'/H): it scales the first two rows of
 the camera matrices and the 2D boxes and centres. `F.interpolate` with `align_corners=False`
 follows the same convention; `antialias=True` low-pass filters a downscale as the pipeline's
-INTER_AREA does. The 3D position embedding and the feature-map size follow in the model.
+Pillow BICUBIC resize does. The 3D position embedding and the feature-map size follow in the model.
 """
 import copy
 
