@@ -208,10 +208,12 @@ def test_exported_detector_equals_the_masked_one_and_the_tools_run_it(whole_run)
     h, w = masked_cfg.img_size
     frames = [fake_frame(h, w, 0, scene='a'), fake_frame(h, w, 1, scene='a'),
               fake_frame(h, w, 2, scene='b', prev_exists=False)]
+    # float32 through trained weights: sums over zeroed vs sliced units round differently,
+    # seen up to 1.1e-5 on outputs of about 0.05 (the random-choice test above holds 1e-5).
     for fa, fb in zip(run(masked, frames), run(exported, frames)):
         for ta, tb in zip(fa, fb):
             if torch.is_tensor(ta):
-                torch.testing.assert_close(ta, tb, rtol=1e-5, atol=1e-5)
+                torch.testing.assert_close(ta, tb, rtol=1e-5, atol=5e-5)
     root = whole_run['infos']['root'] + '/'
     val = whole_run['infos']['val']
     proc = subprocess.run([
