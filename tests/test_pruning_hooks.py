@@ -15,7 +15,6 @@ import socket
 import subprocess
 import sys
 
-import numpy as np
 import pytest
 import torch
 import torch.distributed as torch_dist
@@ -33,10 +32,12 @@ from torch import nn
 from mmdp.config_utils import load_config
 from mmdp.export import export_pruned
 from mmdp.hooks import PruningHook, SaliencyHook
-from mmdp.latency import LatencyTable, TableMismatchError, make_meta
+from mmdp.latency import TableMismatchError
 from mmdp.pruning import CHECKPOINT_KEY, PruningMasks, PruningState
 from mmdp.solvers import Solution
 from mmdp.structure import derive_structure
+
+from formula_tables import formula_table
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 CONFIG = 'configs/streampetr_mdp45_small_cpu.py'
@@ -213,17 +214,7 @@ def toy_data(n=16):
 
 
 def toy_table(path) -> str:
-    """A table whose conv costs follow a formula (deterministic, growing with both widths)."""
-    structure = derive_structure(ToyDetector(), TOY_SHAPE)
-    table = LatencyTable.new(structure, make_meta('cpu', 'fp32', TOY_SHAPE, 8, 'torch', 1, 0))
-    for layer in structure.layers:
-        n, _, h, w = layer.output_shape
-        cost = np.outer(table.widths[layer.group], table.widths[layer.input_group]
-                        if layer.input_group else [layer.in_channels])
-        ms = 1e-6 * cost * h * w * layer.kernel_size[0] ** 2 + 0.01
-        table.tables[layer.name] = ms.tolist() if layer.input_group else ms[:, 0].tolist()
-    table.save(path)
-    return table.meta['device']
+    return formula_table(ToyDetector(), TOY_SHAPE, 8, path).meta['device']
 
 
 class SaliencyProbe(Hook):

@@ -225,7 +225,9 @@ def paths(nusc_infos, tmp_path_factory):
     from mmdp.latency import device_name
     from mmdp.latency.config import build_from_config
     from projects.streampetr.datasets.synthetic_nuscenes import make_synthetic_nuscenes
-    from test_resume_kill import formula_table, small_model
+    from formula_tables import formula_table
+    from test_resume_kill import formula_table as hook_table
+    from test_resume_kill import small_model
 
     tmp = str(tmp_path_factory.mktemp('reliability'))
     out = {'tmp': tmp, 'root': nusc_infos['root'], 'train_pkl': nusc_infos['train'],
@@ -237,7 +239,7 @@ def paths(nusc_infos, tmp_path_factory):
         f.write(data[:len(data) // 2])
 
     model = small_model()
-    out['table'] = formula_table(model, osp.join(tmp, 'table.json'))
+    out['table'] = hook_table(model, osp.join(tmp, 'table.json'))
     with open(out['table']) as f:
         table = json.load(f)
     group = next(iter(table['widths']))
@@ -251,7 +253,7 @@ def paths(nusc_infos, tmp_path_factory):
     # A table of this CPU at the benchmark's input (six views of the config's img_size).
     bench_model, _ = build_from_config(SMALL, (6, 3, 96, 256))
     out['cpu_table'] = osp.join(tmp, 'cpu_table.json')
-    _formula_table_at(bench_model, out['cpu_table'], (6, 3, 96, 256), device_name('cpu'))
+    formula_table(bench_model, (6, 3, 96, 256), STEP, out['cpu_table'], device_name('cpu'))
 
     out['dense_pth'] = osp.join(tmp, 'dense.pth')
     torch.save({'state_dict': model.state_dict(), 'meta': {}}, out['dense_pth'])
@@ -286,22 +288,6 @@ def paths(nusc_infos, tmp_path_factory):
     shutil.copy(osp.join(ROOT, 'tools', 'train.py'), osp.join(out['other_checkout'], 'tools'))
     yield out
     _writable_again(out['readonly'])
-
-
-def _formula_table_at(model, path, shape, device):
-    import numpy as np
-
-    from mmdp.latency import LatencyTable, make_meta
-    from mmdp.structure import derive_structure
-
-    structure = derive_structure(model, shape)
-    table = LatencyTable.new(structure, dict(make_meta('cpu', 'fp32', shape, STEP, 'torch', 1,
-                                                       0), device=device))
-    for layer in structure.layers:
-        n_in = (table.widths[layer.input_group] if layer.input_group else [layer.in_channels])
-        ms = 1e-6 * np.outer(table.widths[layer.group], n_in) + 0.01
-        table.tables[layer.name] = ms.tolist() if layer.input_group else ms[:, 0].tolist()
-    table.save(path)
 
 
 def expand(args, paths) -> list:

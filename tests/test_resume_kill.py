@@ -97,23 +97,10 @@ def small_model():
 
 
 def formula_table(model, path: str) -> str:
-    """A latency table of the small backbone whose conv costs follow a formula (no timing:
-    what is tested here does not depend on the numbers)."""
-    import numpy as np
-
-    from mmdp.latency import LatencyTable, make_meta
-    from mmdp.structure import derive_structure
-
-    structure = derive_structure(model, TABLE_SHAPE)
-    table = LatencyTable.new(structure, dict(make_meta('cpu', 'fp32', TABLE_SHAPE, STEP, 'torch',
-                                                       1, 0), device=TABLE_DEVICE))
-    for layer in structure.layers:
-        _, _, h, w = layer.output_shape
-        cost = np.outer(table.widths[layer.group], table.widths[layer.input_group]
-                        if layer.input_group else [layer.in_channels])
-        ms = 1e-6 * cost * h * w * layer.kernel_size[0] ** 2 + 0.01
-        table.tables[layer.name] = ms.tolist() if layer.input_group else ms[:, 0].tolist()
-    table.save(path)
+    """A latency table of the small backbone (formula costs: what is tested here does not
+    depend on the numbers)."""
+    from formula_tables import formula_table as make
+    make(model, TABLE_SHAPE, STEP, path, TABLE_DEVICE)
     return path
 
 
