@@ -14,6 +14,7 @@
 import glob
 import os
 import os.path as osp
+import pickle
 from typing import Optional
 
 import torch
@@ -33,7 +34,8 @@ def load_from_local(filename, map_location):
         raise FileNotFoundError(f'checkpoint {filename} can not be found')
     try:
         return torch.load(filename, map_location=map_location, weights_only=False)
-    except (EOFError, RuntimeError, ValueError) as e:  # truncated or not a torch file
+    # truncated, or not a torch file at all
+    except (EOFError, RuntimeError, ValueError, pickle.UnpicklingError) as e:
         raise ValueError(f'checkpoint {filename} cannot be read ({str(e).splitlines()[0]}): '
                          'it is truncated or not a checkpoint') from None
 

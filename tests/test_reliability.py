@@ -97,6 +97,12 @@ CASES = [
     Case('benchmark-load-pruned', 'tools/benchmark.py of a pruned model under the dense config',
          'benchmark', (SMALL, '{pruned_pth}', '--fake-data'), 2,
          'it is an exported pruned model: use its own config {export}/pruned.py'),
+    Case('speedup-not-a-checkpoint', 'tools/speedup.py of a file that is not a checkpoint',
+         'speedup', (SMALL, '{bad_json}', '--against', SMALL, 'none', '--out', '{tmp}/s.json'),
+         2, 'checkpoint {bad_json} cannot be read'),
+    Case('deploy-not-a-checkpoint', 'tools/deploy.py of a file that is not a checkpoint',
+         'deploy', (SMALL, '{bad_json}', '--out', '{tmp}/deploy'), 2,
+         'checkpoint {bad_json} cannot be read'),
     # ------------------------------------------------------------------ pruning set-up
     Case('prune-ratio-infeasible', 'a prune_ratio no structure reaches', 'train',
          (MDP, '@data', '@hook', 'custom_hooks.1.prune_ratio=0.99'), 2,

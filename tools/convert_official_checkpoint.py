@@ -11,8 +11,11 @@ and writes nothing.
 import argparse
 import os.path as osp
 import sys
+from pathlib import Path
 
-import torch
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's mmdp, projects
+
+import torch  # noqa: E402
 
 DEFAULT_CONFIG = 'configs/streampetr_r50_704_dense.py'
 
@@ -71,4 +74,5 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    sys.exit(main())
+    from mmdp.cli import entry  # noqa: E402  (after this checkout is on sys.path)
+    entry(__file__, main)

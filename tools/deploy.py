@@ -88,4 +88,5 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    sys.exit(main())
+    from mmdp.cli import entry  # noqa: E402  (after this checkout is on sys.path)
+    entry(__file__, main)

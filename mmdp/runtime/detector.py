@@ -6,7 +6,7 @@ from mmengine.registry import init_default_scope
 from mmengine.runner import load_checkpoint
 from mmdet3d.registry import MODELS
 
-import mmdp.checkpoint_compat  # noqa: F401  (checkpoint loading on torch >= 2.6)
+from mmdp.checkpoint_compat import check_loadable  # also: checkpoint loading on torch >= 2.6
 from mmdp.config_utils import load_config
 from projects.streampetr.fake_inputs import fake_frame
 
@@ -22,6 +22,7 @@ def build_detector(config: str, checkpoint: Optional[str] = None, cfg_options=No
         import_modules_from_strings(**cfg.custom_imports)
     model = MODELS.build(cfg.model)
     if checkpoint:
+        check_loadable(model, checkpoint, config)  # names the mismatching keys, or the config
         load_checkpoint(model, checkpoint, map_location='cpu', strict=True)
     else:
         model.init_weights()
