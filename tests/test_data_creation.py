@@ -162,7 +162,28 @@ def test_generator_cli_and_its_errors(tmp_path):
         tool.main([str(tmp_path / 'more'), '--scenes', '11'])
     with pytest.raises(SystemExit, match='--samples must be >= 2'):
         tool.main([str(tmp_path / 'fewer'), '--samples', '1'])
+    with pytest.raises(SystemExit, match='--max-range must be at least 20 m, got 5.0'):
+        tool.main([str(tmp_path / 'near'), '--max-range', '5'])
     assert sorted(p.name for p in tmp_path.iterdir()) == ['synthetic']
+
+
+def test_max_range_keeps_every_annotation_near_the_ego(tmp_path):
+    def distances(root):
+        nusc = NuScenes('v1.0-mini', str(root), verbose=False)
+        out = []
+        for ann in nusc.sample_annotation:
+            sample = nusc.get('sample', ann['sample_token'])
+            pose = nusc.get('ego_pose', nusc.get('sample_data',
+                                                 sample['data']['LIDAR_TOP'])['ego_pose_token'])
+            out.append(np.hypot(*(np.subtract(ann['translation'], pose['translation'])[:2])))
+        return np.asarray(out)
+
+    # Enough key frames for every object to find a free place near the ego path.
+    args = dict(num_scenes=1, num_samples=12, image_size=(160, 90), progress=False)
+    far = distances(make_synthetic_nuscenes(tmp_path / 'far', **args))
+    near = distances(make_synthetic_nuscenes(tmp_path / 'near', max_range_m=25.0, **args))
+    assert far.max() > 30.0  # cars and larger classes reach the devkit's 50 m
+    assert near.max() < 25.0 and len(near) > 20
 
 
 def test_info_files_follow_the_data_contract(infos, nusc, nusc_root):

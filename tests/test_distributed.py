@@ -16,6 +16,8 @@ from test_resume_kill import TABLE_DEVICE, TABLE_SHAPE, formula_table, small_mod
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 CONFIG = 'configs/streampetr_mdp45_small_cpu.py'
+WHOLE_CONFIG = 'configs/streampetr_mdp45_whole_small_cpu.py'
+WHOLE_SHAPE = (6, 3, 64, 128)  # six views, small: a short CPU profile
 
 
 def _free_port() -> int:
@@ -24,23 +26,31 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_dist_train_on_two_cpu_processes_through_a_pruning_event(nusc_infos, tmp_path):
-    table = formula_table(small_model(), str(tmp_path / 'table.json'))
+def _dist_train(config, nusc_infos, work, env, *options):
+    """Two gloo processes: saliency over iteration 0, the event before iteration 1, one
+    fine-tuning iteration; returns the log."""
     root = nusc_infos['root'] + '/'
-    work = str(tmp_path / 'work')
-    env = dict(os.environ, PYTHON=sys.executable, PORT=str(_free_port()), OMP_NUM_THREADS='1')
     proc = subprocess.run(
-        ['bash', 'tools/dist_train.sh', CONFIG, '2', '--work-dir', work, '--cfg-options',
+        ['bash', 'tools/dist_train.sh', config, '2', '--work-dir', work, '--cfg-options',
          f'train_dataloader.dataset.data_root={root}',
-         f'train_dataloader.dataset.ann_file={nusc_infos["train"]}',
-         f'latency_input_shape={TABLE_SHAPE}', f'custom_hooks.1.latency_table={table}',
-         f'custom_hooks.1.latency_device={TABLE_DEVICE}',
+         f'train_dataloader.dataset.ann_file={nusc_infos["train"]}', *options,
          'custom_hooks.0.end=1', 'custom_hooks.1.at_iter=1', 'train_cfg.max_iters=2',
          'default_hooks.checkpoint.interval=2', 'val_cfg=None', 'val_dataloader=None',
          'val_evaluator=None', 'randomness.seed=0'],
         capture_output=True, text=True, cwd=ROOT, env=env)
     log = proc.stdout + proc.stderr
     assert proc.returncode == 0, log[-4000:]
+    return log
+
+
+def test_dist_train_on_two_cpu_processes_through_a_pruning_event(nusc_infos, tmp_path):
+    table = formula_table(small_model(), str(tmp_path / 'table.json'))
+    root = nusc_infos['root'] + '/'
+    work = str(tmp_path / 'work')
+    env = dict(os.environ, PYTHON=sys.executable, PORT=str(_free_port()), OMP_NUM_THREADS='1')
+    log = _dist_train(CONFIG, nusc_infos, work, env, f'latency_input_shape={TABLE_SHAPE}',
+                      f'custom_hooks.1.latency_table={table}',
+                      f'custom_hooks.1.latency_device={TABLE_DEVICE}')
     assert 'pruning event 1/1 at iteration 1' in log
     assert 'pruning event 1: masks and weights identical on all 2 ranks' in log
     ckpt = torch.load(osp.join(work, 'iter_2.pth'), map_location='cpu', weights_only=False)
@@ -61,3 +71,22 @@ def test_dist_train_on_two_cpu_processes_through_a_pruning_event(nusc_infos, tmp
     log = proc.stdout + proc.stderr
     assert proc.returncode == 0, log[-4000:]
     assert 'NuScenes metric/pred_instances_3d_NuScenes/NDS' in log
+
+
+def test_dist_train_of_the_whole_detector_keeps_both_ranks_identical(nusc_infos, tmp_path):
+    """Head units (FFN, heads, position encoder) and decoder layers through the same event: the
+    digest the hook compares covers the head's masks and weights too."""
+    table = str(tmp_path / 'table.json')
+    subprocess.run([sys.executable, 'tools/profile_latency.py', WHOLE_CONFIG, '--out', table,
+                    '--step', '128', '--repeats', '1', '--warmup', '1', '--samples', '3',
+                    '--input-shape', *map(str, WHOLE_SHAPE)], check=True, cwd=ROOT,
+                   capture_output=True)
+    work = str(tmp_path / 'work')
+    env = dict(os.environ, PYTHON=sys.executable, PORT=str(_free_port()), OMP_NUM_THREADS='1')
+    log = _dist_train(WHOLE_CONFIG, nusc_infos, work, env, f'latency_input_shape={WHOLE_SHAPE}',
+                      f'custom_hooks.1.latency_table={table}')
+    assert 'pruning event 1: masks and weights identical on all 2 ranks' in log
+    ckpt = torch.load(osp.join(work, 'iter_2.pth'), map_location='cpu', weights_only=False)
+    state = PruningState.from_dict(ckpt[CHECKPOINT_KEY])
+    head_groups = [g for g in state.widths if g.startswith('pts_bbox_head')]
+    assert state.events_done == 1 and head_groups, state.widths

@@ -104,8 +104,8 @@ def small_model():
 
 
 def test_training_prunes_once_at_the_configured_iteration(run):
-    assert event_files(run['work']) == ['event1_iter3_problem.json', 'event1_iter3_solution.json',
-                                        'event1_iter3_summary.json']
+    assert event_files(run['work']) == ['event1_iter3_problem.json', 'event1_iter3_saliency.json',
+                                        'event1_iter3_solution.json', 'event1_iter3_summary.json']
     assert 'pruning event 1/1 at iteration 3' in run['log']
     with open(osp.join(run['work'], 'pruning', 'event1_iter3_summary.json')) as f:
         summary = json.load(f)
@@ -313,7 +313,7 @@ def test_halp_on_two_ddp_ranks_ends_with_the_same_masks(tmp_path):
         assert torch.equal(value, ranks[1]['weights'][name]), name
     assert sorted(os.listdir(tmp_path / 'pruning')) == [
         f'event{e}_iter{i}_{kind}.json' for e, i in ((1, 2), (2, 4))
-        for kind in ('problem', 'solution', 'summary')]
+        for kind in ('problem', 'saliency', 'solution', 'summary')]
 
 
 def test_set_up_errors_stop_a_run_before_it_trains_and_infeasible_budgets_fail(tmp_path):

@@ -4,61 +4,33 @@ a short fine-tuning, export to a smaller model, nuScenes evaluation and FPS of d
 and the report. Each step is the command a user would type; data and a finished latency table are
 reused when present."""
 import argparse
-import json
 import os.path as osp
-import subprocess
 import sys
 import time
+from functools import partial
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root
+
+from mmdp.steps import last_checkpoint, run_step, synthetic_data  # noqa: E402
+
+run = partial(run_step, 'demo')
 
 DENSE = 'configs/streampetr_r50_small_cpu.py'
 MDP = 'configs/streampetr_mdp45_small_cpu.py'
-DATA = 'data/synthetic_nuscenes'  # the configs' data_root
-IMAGE_SIZE = (400, 225)  # the small configs' resize ratios assume it
 # MDP-45%: Taylor saliency over the first SALIENCY_ITERS iterations from the dense weights, the
 # one-shot event, then fine-tuning up to FINETUNE_ITERS in all.
 SALIENCY_ITERS = 10
 FINETUNE_ITERS = 60
 
 
-def run(step, cmd, done=None):
-    if done and osp.exists(done):
-        print(f'[demo] {step}: already done ({done})', flush=True)
-        return
-    print(f'[demo] {step}: python {" ".join(cmd)}', flush=True)
-    start = time.time()
-    subprocess.run([sys.executable] + cmd, check=True)
-    print(f'[demo] {step}: finished in {time.time() - start:.0f} s', flush=True)
-
-
-def check_existing_data(root, scenes, samples):
-    """A synthetic set left by an earlier demo is reused only if it has this demo's size."""
-    if not osp.isdir(root):
-        return
-    table = osp.join(root, 'v1.0-mini', 'scene.json')
-    found = 'no v1.0-mini/scene.json'
-    if osp.isfile(table):
-        with open(table) as f:
-            rows = json.load(f)
-        counts = sorted({row['nbr_samples'] for row in rows})
-        if len(rows) == scenes and counts == [samples]:
-            return
-        found = f'{len(rows)} scenes of {"/".join(map(str, counts))} samples'
-    sys.exit(f'error: {root} holds {found}; this demo makes {scenes} scenes of {samples} '
-             f'samples: remove {root} (the demo remakes it) or pass --scenes/--samples')
-
-
-def last_checkpoint(work_dir):
-    with open(osp.join(work_dir, 'last_checkpoint')) as f:
-        return f.read().strip()
-
-
-def main():
+def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument('--work-dir', default='work_dirs/demo')
     parser.add_argument('--scenes', type=int, default=10,
                         help='synthetic scenes (the mini split: 8 train, 2 val at 10)')
     parser.add_argument('--samples', type=int, default=20, help='key frames per scene')
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.scenes < 1 or args.samples < 2:
         parser.error(f'need --scenes >= 1 and --samples >= 2, got {args.scenes} and '
                      f'{args.samples}')
@@ -69,13 +41,7 @@ def main():
     # Evaluation is its own step below (MMEngine would also validate at the last iteration).
     no_val = f'train_cfg.val_begin={10**9}'
 
-    check_existing_data(DATA, args.scenes, args.samples)
-    run('synthetic nuScenes', ['tools/make_synthetic_nuscenes.py', DATA, '--scenes',
-                               str(args.scenes), '--samples', str(args.samples),
-                               '--image-size', *map(str, IMAGE_SIZE)], done=DATA)
-    run('info files', ['tools/create_data.py', 'nuscenes', '--root-path', DATA, '--version',
-                       'v1.0-mini', '--out-dir', DATA],
-        done=osp.join(DATA, 'nuscenes_infos_val.pkl'))
+    synthetic_data('demo', args.scenes, args.samples)
     run('dense training', ['tools/train.py', DENSE, '--work-dir', dense, '--cfg-options', no_val])
     dense_ckpt = last_checkpoint(dense)
     run('latency table', ['tools/profile_latency.py', DENSE, '--out', table, '--step', '128',
@@ -107,4 +73,5 @@ def main():
 
 
 if __name__ == '__main__':
-    main()
+    from mmdp.cli import entry  # noqa: E402
+    entry(__file__, main)

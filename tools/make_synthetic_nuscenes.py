@@ -22,6 +22,9 @@ def parse_args(argv=None):
     parser.add_argument('--image-size', type=int, nargs=2, default=FULL_IMAGE_SIZE,
                         metavar=('W', 'H'), help='camera image size; intrinsics are scaled')
     parser.add_argument('--seed', type=int, default=0)
+    parser.add_argument('--max-range', type=float, default=float('inf'), metavar='M',
+                        help='annotate objects up to M metres from the ego (default: the '
+                             "devkit's range of each class, 30-50 m)")
     return parser.parse_args(argv)
 
 
@@ -29,7 +32,8 @@ def main(argv=None):
     args = parse_args(argv)
     try:
         out = make_synthetic_nuscenes(args.out, args.scenes, args.samples,
-                                      tuple(args.image_size), args.seed)
+                                      tuple(args.image_size), args.seed,
+                                      max_range_m=args.max_range)
     except (ValueError, FileExistsError) as exc:
         sys.exit(f'error: {exc}')
     print(f'wrote {out}')

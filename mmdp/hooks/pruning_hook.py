@@ -26,6 +26,9 @@ from mmdp.structure import StructureChoice
 from .runner_utils import bare_model, runner_optimizers, runner_structure
 from .saliency_hook import SaliencyHook
 
+# The files each event writes under WORK_DIR/pruning/ (eventE_iterI_KIND.json).
+EVENT_FILES = ('problem', 'solution', 'summary', 'saliency')
+
 
 @HOOKS.register_module()
 class PruningHook(Hook):
@@ -312,8 +315,9 @@ class PruningHook(Hook):
         current = self.state.choice()
         budget = self.dense_ms * (1 - self.prune_ratio) ** (event / len(self.events))
         saliency = self.saliency.collector
-        problem, order = build_problem(self._latency_model(current), self.structure,
-                                       saliency.average(), current, budget, self.chunk)
+        values = saliency.average()
+        problem, order = build_problem(self._latency_model(current), self.structure, values,
+                                       current, budget, self.chunk)
         options = {'current_widths': current.all_widths(self.structure)} if self.iterative else {}
         cfg = dict(self.solver_cfg, **options)
         solution = SOLVERS.get(cfg.pop('type'))(**cfg).solve(problem)
@@ -321,6 +325,11 @@ class PruningHook(Hook):
         self._keep_aside_if_different(runner, stem, solution)
         problem.save(f'{stem}_problem.json')
         solution.save(f'{stem}_solution.json')
+        # Per-unit saliency with its structure: what any decision keeps can be valued against
+        # it later (tools/compare_methods.py values every method against one window).
+        atomic_write_json(f'{stem}_saliency.json', {
+            'structure': self.structure.to_dict(),
+            'saliency': {name: v.tolist() for name, v in values.items()}})
         if solution.status == 'infeasible':
             raise RunError(
                 f'no structure fits the latency budget {budget:.6g} ms (prune_ratio '
@@ -354,9 +363,9 @@ class PruningHook(Hook):
             return
         k = 1
         while any(osp.exists(f'{stem}_superseded{k}_{kind}.json')
-                  for kind in ('problem', 'solution', 'summary')):
+                  for kind in EVENT_FILES):
             k += 1
-        for kind in ('problem', 'solution', 'summary'):
+        for kind in EVENT_FILES:
             if osp.exists(f'{stem}_{kind}.json'):
                 os.replace(f'{stem}_{kind}.json', f'{stem}_superseded{k}_{kind}.json')
         runner.logger.warning(f'{osp.basename(stem)} was decided before with another structure; '

@@ -255,16 +255,17 @@ def _annotated_run(track: Track, ego: EgoPath, times: np.ndarray, k_ref: int,
 
 
 def _place_track(rng: np.random.Generator, token: str, class_name: str, ego: EgoPath,
-                 times: np.ndarray, placed: list) -> Track:
+                 times: np.ndarray, placed: list, max_range_m: float) -> Track:
     """Draw an object until it is in range at two or more key frames and overlaps nothing."""
     spec = OBJECT_CLASSES[class_name]
+    range_m = min(spec.range_m, max_range_m)
     names, weights = zip(*spec.categories)
     for _ in range(500):
         category = names[rng.choice(len(names), p=np.asarray(weights) / sum(weights))]
         wlh = np.asarray(spec.size_wlh) * rng.uniform(0.9, 1.1, 3)
         k_ref = int(rng.integers(len(times)))
         radius = float(np.hypot(wlh[0], wlh[1]) / 2)
-        dist, bearing = rng.uniform(radius + 3.5, spec.range_m - 8.0), rng.uniform(-np.pi, np.pi)
+        dist, bearing = rng.uniform(radius + 3.5, range_m - 8.0), rng.uniform(-np.pi, np.pi)
         yaw = rng.uniform(-np.pi, np.pi)
         moving = rng.random() < spec.moving_prob
         speed = rng.uniform(*spec.speed) if moving else 0.0
@@ -273,7 +274,7 @@ def _place_track(rng: np.random.Generator, token: str, class_name: str, ego: Ego
                                                                         np.sin(bearing)]),
                       float(times[k_ref]), speed * np.array([np.cos(yaw), np.sin(yaw)]), yaw,
                       spec.moving_attribute if moving else spec.static_attribute)
-        track.samples = _annotated_run(track, ego, times, k_ref, spec.range_m)
+        track.samples = _annotated_run(track, ego, times, k_ref, range_m)
         if len(track.samples) < 2:
             continue
         clear = all(np.linalg.norm(track.xy(times[k]) - other.xy(times[k]))
@@ -387,8 +388,9 @@ def _log_record(token: str, location: str, first_timestamp_us: int) -> dict:
 class _Writer:
     """Builds the tables and files of the dataset under ``root``."""
 
-    def __init__(self, root: Path, seed: int, image_size: tuple):
+    def __init__(self, root: Path, seed: int, image_size: tuple, max_range_m: float):
         self.root, self.seed, self.image_size = root, seed, image_size
+        self.max_range_m = max_range_m
         self.tables = {name: [] for name in (
             'attribute', 'calibrated_sensor', 'category', 'ego_pose', 'instance', 'log', 'map',
             'sample', 'sample_annotation', 'sample_data', 'scene', 'sensor', 'visibility')}
@@ -443,7 +445,7 @@ class _Writer:
         tracks = []
         for i, class_name in enumerate(plan):
             tracks.append(_place_track(rng, self.token('instance', name, i), class_name, ego,
-                                       times, tracks))
+                                       times, tracks, self.max_range_m))
 
         sample_tokens = [self.token('sample', name, k) for k in range(num_samples)]
         for k, sample_token in enumerate(sample_tokens):
@@ -560,7 +562,12 @@ class _Writer:
                 json.dump(rows, f, indent=1)
 
 
-def check_arguments(num_scenes: int, num_samples: int, image_size: tuple) -> None:
+# Objects are placed at least this far out (radius + 3.5 m) and at most range - 8 m.
+MIN_MAX_RANGE_M = 20.0
+
+
+def check_arguments(num_scenes: int, num_samples: int, image_size: tuple,
+                    max_range_m: float = math.inf) -> None:
     if not 1 <= num_scenes <= len(SCENES):
         raise ValueError(f'--scenes must be 1..{len(SCENES)} (the real mini scene names), '
                          f'got {num_scenes}')
@@ -570,17 +577,22 @@ def check_arguments(num_scenes: int, num_samples: int, image_size: tuple) -> Non
     if len(image_size) != 2 or min(image_size) < 32:
         raise ValueError(f'--image-size must be two sizes W H of at least 32 pixels, '
                          f'got {tuple(image_size)}')
+    if not max_range_m >= MIN_MAX_RANGE_M:
+        raise ValueError(f'--max-range must be at least {MIN_MAX_RANGE_M:g} m, got {max_range_m}')
 
 
 def make_synthetic_nuscenes(out_dir, num_scenes: int = 2, num_samples: int = 6,
                             image_size: tuple = FULL_IMAGE_SIZE, seed: int = 0,
-                            progress: bool = True) -> Path:
+                            progress: bool = True, max_range_m: float = math.inf) -> Path:
     """Write the dataset to ``out_dir`` (absent or empty) and return its path.
+
+    Objects of each class are annotated up to the devkit's range for that class, or
+    ``max_range_m`` if it is nearer (nearer objects are larger in the images: easier to learn).
 
     It is built in a temporary folder beside ``out_dir`` and renamed into place, so a failure
     leaves nothing behind.
     """
-    check_arguments(num_scenes, num_samples, image_size)
+    check_arguments(num_scenes, num_samples, image_size, max_range_m)
     out = Path(out_dir).resolve()
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise FileExistsError(f'output folder {str(out)!r} exists and is not empty; '
@@ -588,7 +600,7 @@ def make_synthetic_nuscenes(out_dir, num_scenes: int = 2, num_samples: int = 6,
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f'.{out.name}.', suffix='.partial', dir=out.parent))
     try:
-        writer = _Writer(staging, seed, tuple(int(v) for v in image_size))
+        writer = _Writer(staging, seed, tuple(int(v) for v in image_size), max_range_m)
         with tqdm(total=num_scenes * num_samples, desc='synthetic nuScenes', unit='sample',
                   disable=not progress) as bar:
             for index in range(num_scenes):

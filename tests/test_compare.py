@@ -1,0 +1,41 @@
+"""tools/compare_methods.py's valuation: the share of one reference saliency a final structure
+keeps, on a hand-made structure with hand-computed values."""
+import numpy as np
+import pytest
+
+from mmdp.report.compare import kept_importance
+from mmdp.structure import Structure, StructureChoice
+from mmdp.structure.derive import Block, ConvLayer
+
+
+def conv(name, group, input_group, block, cin, cout):
+    return ConvLayer(name, group, input_group, f'{name}.bn', block, cin, cout, (3, 3), (1, 1),
+                     (1, 1), (1, 1), False, (1, cin, 8, 8), (1, cout, 8, 8))
+
+
+@pytest.fixture
+def structure():
+    # stem (4 channels) -> block b: a (group g, 3 channels) -> c (back to the stem's group)
+    layers = [conv('stem', 'stem', None, None, 3, 4), conv('a', 'g', 'stem', 'b', 4, 3),
+              conv('c', 'stem', 'g', 'b', 3, 4)]
+    return Structure(backbone='', input_shape=(1, 3, 8, 8), groups={'stem': 4, 'g': 3},
+                     layers=layers, blocks=[Block('b', ('a', 'c'), ())], outputs=['stem'])
+
+
+SALIENCY = {'stem': np.array([1.0, 2.0, 3.0, 4.0]), 'a': np.array([5.0, 0.5, 2.5]),
+            'c': np.array([0.25, 0.25, 0.5, 1.0])}  # total 20
+
+
+def test_kept_importance_counts_the_kept_units_of_every_layer(structure):
+    assert kept_importance(structure, SALIENCY, StructureChoice()) == 1.0
+    # g keeps channels 0 and 2: a keeps 5 + 2.5; the stem's group and c stay whole.
+    choice = StructureChoice({'g': 2}, (), {'g': [0, 2]})
+    assert kept_importance(structure, SALIENCY, choice) == pytest.approx((10 + 7.5 + 2) / 20)
+    # Without named channels the first ones are kept.
+    assert kept_importance(structure, SALIENCY, StructureChoice({'g': 1})) == \
+        pytest.approx((10 + 5 + 2) / 20)
+
+
+def test_a_removed_block_loses_everything_inside_it(structure):
+    choice = StructureChoice({'g': 2}, ('b',), {'g': [0, 2]})
+    assert kept_importance(structure, SALIENCY, choice) == pytest.approx(10 / 20)
