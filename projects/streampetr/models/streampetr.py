@@ -15,20 +15,14 @@ from .grid_mask import GridMask
 class StreamPETR(Base3DDetector):
 
     def __init__(self, img_backbone, img_neck, pts_bbox_head, img_roi_head=None,
-                 max_time_gap=2.0, grid_mask=None, freeze_img_backbone=False,
-                 data_preprocessor=None, init_cfg=None):
+                 max_time_gap=2.0, grid_mask=None, data_preprocessor=None, init_cfg=None):
         """grid_mask: None (off) or the arguments of `GridMask`, applied to the normalised
-        images in training only (the published recipe: dict(prob=0.7)).
-        freeze_img_backbone: keep the backbone's weights fixed and run it without autograd
-        (about 3x cheaper a training step on CPU); its BN layers still follow the model's
-        train/eval mode, so they normalise with batch statistics and track running ones."""
+        images in training only (the published recipe: dict(prob=0.7))."""
         super().__init__(data_preprocessor=data_preprocessor, init_cfg=init_cfg)
         self.grid_mask = GridMask(**grid_mask) if grid_mask is not None else None
         # A slot whose previous frame is older than this (seconds), or newer, starts afresh.
         self.max_time_gap = max_time_gap
         self.img_backbone = MODELS.build(img_backbone)
-        self.freeze_img_backbone = freeze_img_backbone
-        self.img_backbone.requires_grad_(not freeze_img_backbone)
         self.img_neck = MODELS.build(img_neck)
         self.pts_bbox_head = MODELS.build(pts_bbox_head)
         self.img_roi_head = MODELS.build(img_roi_head) if img_roi_head else None
@@ -41,9 +35,7 @@ class StreamPETR(Base3DDetector):
         imgs = imgs.flatten(0, 1)
         if self.grid_mask is not None:
             imgs = self.grid_mask(imgs)  # a no-op unless training
-        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.freeze_img_backbone):
-            levels = self.img_backbone(imgs)
-        feats = self.img_neck(levels)[0]
+        feats = self.img_neck(self.img_backbone(imgs))[0]
         # float(): the heads run in fp32 (see `_heads_fp32`), whatever autocast gave the neck.
         return feats.float().view(b, n, *feats.shape[1:])
 
