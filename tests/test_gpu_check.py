@@ -29,12 +29,16 @@ def test_every_step_at_small_size_on_the_cpu(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     with open(tmp_path / 'gpu_check.json') as f:
         result = json.load(f)
-    assert result['size'] == 'cpu-small' and list(result['tables']) == ['torch']
+    assert result['size'] == 'cpu-small' and list(result['tables']) == ['torch', 'whole/torch']
     assert set(result['validation']['torch']) >= {'lut_bilinear', 'lut_linear', 'flops'}
-    assert set(result['structures']) == {'mdp45', 'mdp50', 'mdp70', 'halp45'}
+    assert set(result['structures']) == {'mdp45', 'mdp50', 'mdp70', 'halp45', 'mdp45_whole'}
     for name, s in result['structures'].items():
         assert os.path.isfile(s['weights']), name
-        speedup = result['speedups'][name]['torch']
-        assert speedup['p5'] <= speedup['median'] <= speedup['p95']
+        assert set(result['speedups'][name]) == {'torch/fp32', 'torch/amp'}, name
+        for speedup in result['speedups'][name].values():
+            assert speedup['p5'] <= speedup['median'] <= speedup['p95']
+    # The whole-detector structure prunes the head too: its exported config has a pruned head.
+    assert 'PrunedStreamPETRHead' in open(result['structures']['mdp45_whole']['config']).read()
     text = (tmp_path / 'gpu_check.md').read_text()
-    assert '| mdp45' in text and '1.18x' in text and 'Skipped:' in text
+    assert '| mdp45 | torch | fp32 |' in text and '1.18x' in text and 'Skipped:' in text
+    assert '| mdp45_whole' in text and '| torch | amp |' in text

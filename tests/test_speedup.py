@@ -84,3 +84,20 @@ def test_tool_json_and_report_column(tmp_path):
     assert f"| pruned | - | - | - | {s['median']:.2f}x (IQR {s['p25']:.2f}-{s['p75']:.2f}, " \
            f"20 rounds) |" in text
     assert f'pruned: against {SMALL} (torch' in text
+
+
+def test_each_model_runs_at_its_own_input_size_and_amp_is_recorded(tmp_path):
+    """A smaller input (JointPruning's resolution dimension) is timed at that size: the model at
+    64x192 is faster than the same model at 96x256."""
+    smaller = tmp_path / 'smaller.py'
+    smaller.write_text(f"_base_ = ['{osp.abspath(SMALL)}']\nimg_size = (64, 192)\n")
+    out = str(tmp_path / 'speedup.json')
+    proc = run_tool(str(smaller), 'none', '--against', SMALL, 'none', '--rounds', '20',
+                    '--warmup', '1', '--amp', '--out', out)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert 'each model runs at its config\'s img_size: A (64, 192), B (96, 256)' in proc.stdout
+    with open(out) as f:
+        result = json.load(f)
+    assert result['img_size'] == [64, 192] and result['img_size_b'] == [96, 256]
+    assert result['precision'] == 'amp-bfloat16'
+    assert result['speedup']['median'] > 1.2  # 0.5 of the pixels

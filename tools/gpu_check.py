@@ -25,15 +25,22 @@ from mmdp.fileio import atomic_write_json, atomic_write_text  # noqa: E402
 
 # Published speed-ups over dense (MDP paper, StreamPETR R50, RTX 3090, PyTorch fp32).
 PUBLISHED = {'mdp45': 1.18, 'mdp70': 1.36}
-# name: (solver, latency model, share of the dense latency removed)
-METHODS = {'mdp45': ('mdp', 'lut_bilinear', 0.45), 'mdp50': ('mdp', 'lut_bilinear', 0.50),
-           'mdp70': ('mdp', 'lut_bilinear', 0.70), 'halp45': ('halp', 'lut_linear', 0.45)}
+# name: (solver, latency model, share of the latency removed, scope): 'backbone' prunes the
+# backbone to its table, 'whole' the whole detector to the whole-detector table.
+METHODS = {'mdp45': ('mdp', 'lut_bilinear', 0.45, 'backbone'),
+           'mdp50': ('mdp', 'lut_bilinear', 0.50, 'backbone'),
+           'mdp70': ('mdp', 'lut_bilinear', 0.70, 'backbone'),
+           'halp45': ('halp', 'lut_linear', 0.45, 'backbone'),
+           'mdp45_whole': ('mdp', 'lut_bilinear', 0.45, 'whole')}
 SIZES = {
-    'full': dict(config='configs/streampetr_r50_704_dense.py', step=32, repeats=30, warmup=5,
+    'full': dict(config='configs/streampetr_r50_704_dense.py',
+                 whole='configs/streampetr_mdp45_whole.py', step=32, repeats=30, warmup=5,
                  samples=12, validate=20, rounds=20),
-    'cpu-small': dict(config='configs/streampetr_r50_small_cpu.py', step=512, repeats=1,
+    'cpu-small': dict(config='configs/streampetr_r50_small_cpu.py',
+                      whole='configs/streampetr_mdp45_whole_small_cpu.py', step=512, repeats=1,
                       warmup=0, samples=5, validate=2, rounds=20),
 }
+PRECISIONS = ('fp32', 'amp')  # amp: backbone and neck in fp16 on CUDA (bf16 on the CPU)
 
 
 def tool(name):
@@ -65,9 +72,13 @@ def detector_runtimes(device):
 
 
 def random_saliency(structure, seed):
+    """A random value per unit of every prunable conv and (whole detector) head part."""
     gen = torch.Generator().manual_seed(seed)
-    return {layer.name: torch.rand(layer.out_channels, generator=gen).double()
-            for layer in structure.layers}
+    values = {layer.name: torch.rand(layer.out_channels, generator=gen).double()
+              for layer in structure.layers}
+    values.update({part.name: torch.rand(part.units, generator=gen).double()
+                   for part in structure.valued_parts})
+    return values
 
 
 def choose_and_export(name, method, size, table_path, work, device):
@@ -80,11 +91,13 @@ def choose_and_export(name, method, size, table_path, work, device):
     from mmdp.runtime.detector import build_detector
     from mmdp.solvers import SOLVERS
     from mmdp.structure import StructureChoice, derive_structure
-    solver, latency, ratio = method
+    solver, latency, ratio, scope = method
+    config = size['whole' if scope == 'whole' else 'config']
     torch.manual_seed(0)
-    model, cfg = build_detector(size['config'])
+    model, cfg = build_detector(config)
     table = LatencyTable.load(table_path)
-    structure = derive_structure(model, tuple(cfg.latency_input_shape))
+    structure = derive_structure(model, tuple(cfg.latency_input_shape),
+                                 head=cfg.get('prunable_head'))
     latency_model = LATENCY_MODELS.get(latency)(table=table)
     budget = latency_model.predict(StructureChoice()) * (1 - ratio)
     problem, order = build_problem(latency_model, structure, random_saliency(structure, 0),
@@ -97,7 +110,7 @@ def choose_and_export(name, method, size, table_path, work, device):
     masked = osp.join(work, f'{name}_masked.pth')
     torch.save({'meta': {}, 'state_dict': model.state_dict(), CHECKPOINT_KEY: state.to_dict()},
                masked)
-    config, weights = export_pruned(size['config'], masked, osp.join(work, name))
+    config, weights = export_pruned(config, masked, osp.join(work, name))
     return config, weights, dict(status=solution.status, budget_ms=budget,
                                  predicted_ms=latency_model.predict(choice),
                                  removed_blocks=sorted(choice.removed_blocks))
@@ -111,16 +124,17 @@ def markdown(result) -> str:
     for runtime, models in result['validation'].items():
         lines += [f"| {runtime} | {m} | {r['mape']:.1f} | {r['spearman']:.3f} |"
                   for m, r in models.items()]
-    lines += ['', '## Paired speed-up over dense (fp32, batch 1, six views)', '',
-              '| method | runtime | speed-up (median) | IQR | 5-95% | published (RTX 3090, '
-              'PyTorch fp32) |', '| --- | --- | --- | --- | --- | --- |']
+    lines += ['', '## Paired speed-up over dense (batch 1, six views)', '',
+              '| method | runtime | precision | speed-up (median) | IQR | 5-95% | published '
+              '(RTX 3090, PyTorch fp32) |', '| --- | --- | --- | --- | --- | --- | --- |']
     for name, per_runtime in result['speedups'].items():
-        for runtime, s in per_runtime.items():
-            pub = PUBLISHED.get(name)
+        for key, s in per_runtime.items():
+            runtime, precision = key.split('/')
+            pub = PUBLISHED.get(name) if precision == 'fp32' else None
             status = result['structures'][name]['status']
             name_cell = name if status == 'optimal' else f'{name} ({status})'
-            lines.append(f"| {name_cell} | {runtime} | {s['median']:.3f}x | {s['p25']:.3f}-"
-                         f"{s['p75']:.3f} | {s['p5']:.3f}-{s['p95']:.3f} | "
+            lines.append(f"| {name_cell} | {runtime} | {precision} | {s['median']:.3f}x | "
+                         f"{s['p25']:.3f}-{s['p75']:.3f} | {s['p5']:.3f}-{s['p95']:.3f} | "
                          f"{f'{pub:.2f}x' if pub else '-'} |")
     lines += ['', 'A method marked other than optimal: its solver found no structure within the '
               'budget and the structure is the closest it reached.']
@@ -149,8 +163,6 @@ def main(argv=None):
     if not result['environment']['tensorrt']:
         result['skipped'].append('TensorRT (tensorrt does not import): torch.compile is the '
                                  'compiled runtime' if device.type == 'cuda' else 'TensorRT')
-    result['skipped'].append('fp16 speed-ups (tools/speedup.py times fp32)')
-    result['skipped'].append('whole-detector MDP-45 (head pruning is not on this branch)')
     log(f"{result['environment']}")
     common = ['--repeats', str(size['repeats']), '--warmup', str(size['warmup'])]
     for runtime in table_runtimes(device):
@@ -172,23 +184,32 @@ def main(argv=None):
     dense_ckpt = osp.join(work, 'dense.pth')
     torch.save({'meta': {}, 'state_dict': dense.state_dict()}, dense_ckpt)
     del dense
+    # The whole detector's table (backbone, neck convs and head parts), eager.
+    whole_table = osp.join(work, 'table_whole_torch.json')
+    log('latency table (whole detector, torch)')
+    tool('profile_latency').main([size['whole'], '--out', whole_table, '--step',
+                                  str(size['step']), '--samples', str(size['samples']),
+                                  '--device', str(device), *common])
+    result['tables']['whole/torch'] = whole_table
     for name, method in METHODS.items():
         log(f'{name}: structure and export')
-        config, weights, summary = choose_and_export(name, method, size,
-                                                     result['tables']['torch'], work, device)
+        table = whole_table if method[3] == 'whole' else result['tables']['torch']
+        config, weights, summary = choose_and_export(name, method, size, table, work, device)
         result['structures'][name] = dict(summary, config=config, weights=weights)
         result['speedups'][name] = {}
         for runtime in detector_runtimes(device):
-            log(f'{name}: paired speed-up against dense ({runtime})')
-            out = osp.join(work, f'speedup_{name}_{runtime}.json')
-            code = tool('speedup').main([config, weights, '--against', size['config'],
-                                         dense_ckpt, '--rounds', str(size['rounds']),
-                                         '--runtime', runtime, '--device', str(device),
-                                         '--out', out])
-            if code:
-                raise RuntimeError(f'tools/speedup.py failed for {name} ({runtime})')
-            with open(out) as f:
-                result['speedups'][name][runtime] = json.load(f)['speedup']
+            for precision in PRECISIONS:
+                log(f'{name}: paired speed-up against dense ({runtime}, {precision})')
+                out = osp.join(work, f'speedup_{name}_{runtime}_{precision}.json')
+                code = tool('speedup').main([
+                    config, weights, '--against', size['config'], dense_ckpt, '--rounds',
+                    str(size['rounds']), '--runtime', runtime, '--device', str(device),
+                    *(['--amp'] if precision == 'amp' else []), '--out', out])
+                if code:
+                    raise RuntimeError(f'tools/speedup.py failed for {name} ({runtime}, '
+                                       f'{precision})')
+                with open(out) as f:
+                    result['speedups'][name][f'{runtime}/{precision}'] = json.load(f)['speedup']
     atomic_write_json(osp.join(args.out_dir, 'gpu_check.json'), result)
     atomic_write_text(osp.join(args.out_dir, 'gpu_check.md'), markdown(result))
     log(f"done: {osp.join(args.out_dir, 'gpu_check.md')}")

@@ -3,7 +3,7 @@ timed alternately on the same random frames (A B, B A, ...); prints each model's
 time and the ratio's median with its spread over the rounds, and writes them to JSON.
 
     python tools/speedup.py A_CONFIG A_CKPT --against B_CONFIG B_CKPT [--rounds 20]
-        [--warmup 3] [--runtime torch] [--device cpu] [--threads T] --out speedup.json
+        [--warmup 3] [--runtime torch] [--device cpu] [--threads T] [--amp] --out speedup.json
 
 A checkpoint may be `none` (random initialisation). Speed-up = B's frame time / A's: give the
 pruned model as A and the dense one as B. Each model runs at its own config's `img_size` (random
@@ -38,6 +38,9 @@ def parse_args(argv=None):
     parser.add_argument('--threads', type=int,
                         help="CPU threads of torch (default: torch's). On a shared machine 1 "
                         'keeps a neighbour from stalling the threads of every operator')
+    parser.add_argument('--amp', action='store_true',
+                        help='both models under autocast: fp16 on CUDA, bf16 on the CPU (the '
+                             'heads stay fp32, as the published model runs them)')
     parser.add_argument('--out', required=True, help='JSON file of the figures')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction,
                         help='overrides applied to both configs')
@@ -52,6 +55,13 @@ def parse_args(argv=None):
         if not osp.isfile(path):
             parser.error(f'{path} does not exist')
     return args
+
+
+def autocast(run, device, dtype, enabled: bool):
+    def wrapped(data):
+        with torch.autocast(device.type, dtype=dtype, enabled=enabled):
+            return run(data)
+    return wrapped
 
 
 def main(argv=None):
@@ -70,8 +80,9 @@ def main(argv=None):
     (model_a, size), (model_b, size_b) = models
     if size != size_b:  # input resolution is one of JointPruning's dimensions
         print(f'note: each model runs at its config\'s img_size: A {size}, B {size_b}')
-    run_a = detector_runner(model_a, args.runtime, device)
-    run_b = detector_runner(model_b, args.runtime, device)
+    amp_dtype = torch.float16 if device.type == 'cuda' else torch.bfloat16
+    run_a, run_b = (autocast(detector_runner(m, args.runtime, device), device, amp_dtype,
+                             args.amp) for m in (model_a, model_b))
 
     def frames(i):
         return tuple(preprocessed_frames(m, hw, 1, start=i)[0]
@@ -87,7 +98,8 @@ def main(argv=None):
     result.update(a=dict(config=args.config, checkpoint=args.checkpoint),
                   b=dict(config=args.against[0], checkpoint=args.against[1]),
                   runtime=args.runtime, device=str(device), device_name=device_name(device),
-                  precision='fp32', batch_size=1, views=6, img_size=list(size), img_size_b=list(size_b),
+                  precision=f'amp-{str(amp_dtype)[6:]}' if args.amp else 'fp32',
+                  batch_size=1, views=6, img_size=list(size), img_size_b=list(size_b),
                   torch=torch.__version__)
     atomic_write_json(args.out, result)
     print(f'written to {args.out}')
