@@ -125,14 +125,14 @@ def bare_space():
 
 def test_space_maps_vectors_to_sub_networks(bare_space):
     space, ranking, latency_of = bare_space
-    assert space.dim == 4 * 3 + 1
+    assert space.dim == 16 * 2 + 4 * 2 + 1  # a width per inner group, residual + depth per stage
     full = space.full_setting()
     assert space.to_choice(full, ranking) == StructureChoice()
     assert latency_of(np.ones(space.dim)) == pytest.approx(1.0)
     small = space.decode(np.zeros(space.dim))
     assert small.size == (64, 192)
     summary = small.summary(space)['stages']['layer3']
-    assert summary == dict(width=64, residual=256, depth=1)  # 25% of 256 and 1024, 1 block kept
+    assert summary == dict(widths=[64] * 12, residual=256, depth=1)  # 25% of 256, 1024; 1 block
     choice = space.to_choice(small, ranking)
     assert len(choice.removed_blocks) == 3 + 4 + 6 + 3 - 4
     # Untrained BN: equal scores, so the first channels and the first blocks stay.
@@ -366,7 +366,7 @@ def test_search_writes_trajectory_solution_and_config(searched):
     assert [(s['step'], s['iter']) for s in steps] == [(1, 0), (2, 1)]
     for s in steps:
         assert np.isfinite(s['loss']) and s['latency'] <= s['budget']
-        assert len(s['vector']) == len(s['names']) == 13
+        assert len(s['vector']) == len(s['names']) == 41
         assert s['outcome'] in ('success', 'failure', 'unchanged', 'flat', 'stationary')
     assert osp.getsize(osp.join(searched, 'jointprune_trajectory.png')) > 0
     with open(osp.join(searched, 'jointprune_solution.json')) as f:

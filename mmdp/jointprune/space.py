@@ -1,9 +1,10 @@
 """The pruning vector of JointPruning and its mapping to a sub-network and an image size.
 
 The vector lives in a normalised box [0, 1]^d, 1 meaning "as in the dense model" on every
-coordinate: per backbone stage an inner width (the channels inside that stage's blocks), a depth
-(blocks kept), optionally a residual width (the channels the stage's blocks add to), and one
-coordinate for the camera image size (a position on a ladder of sizes). `decode` rounds it to a
+coordinate: per channel group inside a block a width (layer-wise channel numbers, as the method
+searches them), per backbone stage a depth (blocks kept) and optionally a residual width (the
+channels the stage's blocks add to), and one coordinate for the camera image size (a position on
+a ladder of sizes). `decode` rounds it to a
 discrete `Setting`; `to_choice` turns a setting into a `StructureChoice` that keeps the most
 important channels and blocks of a `Ranking`.
 """
@@ -27,10 +28,11 @@ class Stage:
 
 @dataclass(frozen=True)
 class Coordinate:
-    name: str  # e.g. 'img_backbone.layer3.width'
+    name: str  # e.g. 'img_backbone.layer3.0.conv1.width'
     kind: str  # 'width' | 'residual' | 'depth' | 'size'
     stage: Optional[str]  # None for the image size
     cell: float  # normalised length of one discrete step (the rounding cell)
+    group: Optional[str] = None  # the channel group a width sets
 
 
 @dataclass(frozen=True)
@@ -50,12 +52,13 @@ class Setting:
     size: tuple  # (H, W)
 
     def summary(self, space: 'PruningSpace') -> dict:
-        """Per stage: inner width, residual width, depth; and the image size (for logs)."""
+        """Per stage: its inner groups' widths (in block order), residual width, depth; and the
+        image size (for logs)."""
         widths = dict(self.widths)
         depths = dict(self.depths)
         stages = {}
         for st in space.stages:
-            stages[st.name] = dict(width=widths[st.inner_groups[0]],
+            stages[st.name] = dict(widths=[widths[g] for g in st.inner_groups],
                                    residual=widths[st.residual_group], depth=depths[st.name])
         return dict(stages=stages, img_size=list(self.size))
 
@@ -137,8 +140,8 @@ class PruningSpace:
                                  f'min_depth={self.min_depth}')
         self.coords = []
         for st in self.stages:
-            self.coords.append(Coordinate(f'{st.name}.width', 'width', st.name,
-                                          self._width_cell(st.inner_groups)))
+            self.coords += [Coordinate(f'{g}.width', 'width', st.name, self._width_cell((g, )), g)
+                            for g in st.inner_groups]
             if self.prune_residual:
                 self.coords.append(Coordinate(f'{st.name}.residual', 'residual', st.name,
                                               self._width_cell((st.residual_group, ))))
@@ -186,7 +189,7 @@ class PruningSpace:
         for coord, value in zip(self.coords, u):
             st = self._stage.get(coord.stage)
             if coord.kind == 'width':
-                widths.update({g: self._width(g, value) for g in st.inner_groups})
+                widths[coord.group] = self._width(coord.group, value)
             elif coord.kind == 'residual':
                 widths[st.residual_group] = self._width(st.residual_group, value)
             elif coord.kind == 'depth':
