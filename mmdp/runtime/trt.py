@@ -55,7 +55,8 @@ class Engine:
         self.inputs, self.outputs = {}, {}
         for i in range(self.engine.num_io_tensors):
             name = self.engine.get_tensor_name(i)
-            dtype = torch.from_numpy(np.zeros(1, trt.nptype(self.engine.get_tensor_dtype(name)))).dtype
+            numpy_dtype = trt.nptype(self.engine.get_tensor_dtype(name))
+            dtype = torch.from_numpy(np.zeros(1, numpy_dtype)).dtype
             tensor = torch.empty(tuple(self.engine.get_tensor_shape(name)), dtype=dtype,
                                  device=device)
             self.context.set_tensor_address(name, tensor.data_ptr())
