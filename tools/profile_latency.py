@@ -72,7 +72,7 @@ def open_table(path: str, structure, meta: dict, runtime_fields=()) -> LatencyTa
                                                             'dtype')})
     for name in RESUME_FIELDS + tuple(runtime_fields):
         if table.meta.get(name) != meta[name]:
-            raise UsageError(f'{path}: {name} is {table.meta[name]!r} in the table but '
+            raise UsageError(f'{path}: {name} is {table.meta.get(name)!r} in the table but '
                              f'{meta[name]!r} here; use another --out or the same settings')
     table.check_structure(structure)
     print(f'resuming {path}: {len(table.tables)}/{len(structure.layers)} layers, '
