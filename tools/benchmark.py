@@ -1,6 +1,9 @@
 """Frames per second of a detector at batch 1 (six views): warm-up, device synchronisation,
-fp32 or `--amp`, on test-set samples or, with `--fake-data`, random images of the configured size."""
+fp32 or `--amp`, on test-set samples or, with `--fake-data`, random images of the configured size;
+in PyTorch (`--runtime torch|compile`) or as its two exported graphs (`--runtime ort|trt`)."""
 import argparse
+import copy
+import itertools
 import json
 import os.path as osp
 import sys
@@ -22,7 +25,8 @@ from mmdp.config_utils import check_info_files, load_config  # noqa: E402
 from mmdp.fileio import atomic_write_json  # noqa: E402
 from mmdp.latency import LATENCY_MODELS, LatencyTable, device_name  # noqa: E402
 from mmdp.latency.breakdown import module_timer  # noqa: E402
-from mmdp.runtime.runtimes import DETECTOR_RUNTIMES, detector_runner  # noqa: E402
+from mmdp.runtime.runtimes import (DEPLOYED_RUNTIMES, DETECTOR_RUNTIMES,  # noqa: E402
+                                   check_runtime, detector_runner, runtime_meta)
 from mmdp.structure import StructureChoice  # noqa: E402
 from projects.streampetr.fake_inputs import fake_frame  # noqa: E402
 
@@ -37,7 +41,11 @@ def parse_args(argv=None):
     parser.add_argument('checkpoint', nargs='?', help='weights; random initialisation if absent')
     parser.add_argument('--samples', type=counts(1), default=50, help='timed frames (>= 1)')
     parser.add_argument('--warmup', type=counts(0), default=5, help='untimed frames first')
-    parser.add_argument('--runtime', choices=DETECTOR_RUNTIMES, default='torch')
+    parser.add_argument('--runtime', choices=DETECTOR_RUNTIMES + DEPLOYED_RUNTIMES,
+                        default='torch', help='ort / trt: the graphs of tools/deploy.py, '
+                        'exported from the model first (see docs/deployment.md)')
+    parser.add_argument('--threads', type=counts(1),
+                        help='CPU threads of torch and ONNX Runtime (torch.set_num_threads)')
     parser.add_argument('--amp', action='store_true', help='fp16 autocast (CUDA) / bf16 (CPU)')
     parser.add_argument('--fake-data', action='store_true',
                         help='random images at the config\'s img_size instead of the test set')
@@ -82,6 +90,18 @@ def predicted_vs_measured(table, model, measured_ms):
 def main(argv=None):
     args = parse_args(argv)
     check_device(args.device)
+    check_runtime(args.runtime, args.device)
+    deployed = args.runtime in DEPLOYED_RUNTIMES
+    if deployed and args.amp:
+        raise UsageError(f'--amp is PyTorch autocast; --runtime {args.runtime} runs the fp32 '
+                         'graphs (fp16 ones: tools/deploy.py --fp16)')
+    if deployed and args.latency_table:
+        raise UsageError(f'--latency-table: under --runtime {args.runtime} the backbone and '
+                         'neck are one graph, so the backbone alone is not timed; check an '
+                         f'{args.runtime} table with tools/validate_latency.py --runtime '
+                         f'{args.runtime}')
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     if args.checkpoint and not osp.isfile(args.checkpoint):
         raise UsageError(f'checkpoint {args.checkpoint} does not exist')
@@ -111,11 +131,20 @@ def main(argv=None):
         loader_cfg = cfg.test_dataloader.copy()
         loader_cfg.num_workers, loader_cfg.persistent_workers = 2, False
         batches = Runner.build_dataloader(loader_cfg)
-    run = detector_runner(model, args.runtime, device)
+    batches = iter(batches)
+    first = next(batches, None)
+    if first is None:
+        raise UsageError(f'no frame was timed: the test set of {args.config} is empty; use '
+                         '--fake-data')
+    batches = itertools.chain([first], batches)
+    example = model.data_preprocessor(copy.deepcopy(first), False) if deployed else None
+    run = detector_runner(model, args.runtime, device, example)
     amp_dtype = torch.float16 if device.type == 'cuda' else torch.bfloat16
     times = []
-    parts = [p for p in PARTS if hasattr(model, p)]
-    with torch.no_grad(), module_timer(model, parts, device) as part_times:
+    # Deployed graphs time themselves; in PyTorch, hooks time the named submodules.
+    parts = [] if deployed else [p for p in PARTS if hasattr(model, p)]
+    with torch.no_grad(), module_timer(model, parts, device) as hooked:
+        part_times = run.part_times if deployed else hooked
         for i, batch in enumerate(batches):
             if i >= total:
                 break
@@ -137,7 +166,7 @@ def main(argv=None):
                          f'{args.warmup + 1} samples; lower --warmup or use --fake-data')
     ms = 1000 * np.asarray(times)
     # Means, so that the parts add up to the mean frame time.
-    breakdown = {p: float(1000 * np.mean(part_times[p])) for p in parts}
+    breakdown = {p: float(1000 * np.mean(t)) for p, t in part_times.items()}
     # What the named modules do not cover: data preprocessing, decoding, packing the results.
     breakdown['other'] = float(ms.mean()) - sum(breakdown.values())
     result = dict(config=args.config, checkpoint=args.checkpoint, device=str(device),
@@ -146,8 +175,8 @@ def main(argv=None):
                   precision='amp' if args.amp else 'fp32', batch_size=1,
                   views=6, frames=len(times), median_ms=float(np.median(ms)),
                   mean_ms=float(ms.mean()), fps=float(1000 / np.median(ms)),
-                  breakdown_ms=breakdown,
-                  torch=torch.__version__)
+                  breakdown_ms=breakdown, threads=torch.get_num_threads(),
+                  torch=torch.__version__, **runtime_meta(args.runtime, device))
     if table is not None:
         result['latency'] = predicted_vs_measured(table, model, breakdown['img_backbone'])
     print(json.dumps(result, indent=2))

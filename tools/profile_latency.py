@@ -2,12 +2,14 @@
 `prunable_head`, of the head's prunable parts and the neck's lateral convs).
 
     python tools/profile_latency.py CONFIG --out TABLE [--dtype fp32|fp16] [--step 32]
-        [--runtime torch|cudagraph] [--input-shape N C H W] [--repeats R] [--samples S]
+        [--runtime torch|cudagraph|ort|trt] [--input-shape N C H W] [--repeats R] [--samples S]
 
 Times every prunable conv over its (output width, input width) grid at its real input size, then
 times the dense backbone and S random prunings end to end and fits the overhead terms of the LUT
 models. The table is saved after every layer and every timed structure; running the same command
-again resumes an interrupted run.
+again resumes an interrupted run. Under `--runtime ort|trt` every conv, part and pruned backbone
+is exported to ONNX and timed in ONNX Runtime / TensorRT; the table records the runtime's version
+(and ORT's providers and threads).
 """
 import argparse
 import os
@@ -24,7 +26,8 @@ from mmdp.cli import UsageError, check_device, check_writable, counts, entry  # 
 from mmdp.latency import (DTYPES, TERMS, LatencyTable, MeasuredLatency, Timer,  # noqa: E402
                           build_from_config, device_name, fit_table, make_meta,
                           measure_samples, profile_layers, profile_parts)
-from mmdp.runtime.runtimes import TABLE_RUNTIMES, add_runtime_argument, resolve_runtime  # noqa: E402,E501
+from mmdp.runtime.runtimes import (TABLE_RUNTIMES, add_runtime_argument,  # noqa: E402
+                                   check_runtime, resolve_runtime, runtime_meta)
 from mmdp.structure import derive_structure  # noqa: E402
 
 # Settings a resumed run must share with the partial table it continues.
@@ -48,7 +51,8 @@ def parse_args(argv=None):
                         help='random prunings timed end to end to fit the overheads')
     parser.add_argument('--seed', type=int, default=0)
     parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
-    parser.add_argument('--threads', type=counts(1), help='CPU threads (torch.set_num_threads)')
+    parser.add_argument('--threads', type=counts(1),
+                        help='CPU threads of torch and ONNX Runtime (torch.set_num_threads)')
     parser.add_argument('--head', help="the detector's head to time with the backbone (its "
                         "prunable parts and the neck's convs), e.g. pts_bbox_head; default: "
                         "the config's `prunable_head`, else the backbone alone")
@@ -59,15 +63,16 @@ def parse_args(argv=None):
     return args
 
 
-def open_table(path: str, structure, meta: dict) -> LatencyTable:
-    """A new table, or the partial one at `path` when it was profiled in the same setting."""
+def open_table(path: str, structure, meta: dict, runtime_fields=()) -> LatencyTable:
+    """A new table, or the partial one at `path` when it was profiled in the same setting (also
+    `runtime_fields` of the metadata, such as the onnxruntime version)."""
     if not os.path.exists(path):
         return LatencyTable.new(structure, meta)
     table = LatencyTable.load(path, **{k: meta[k] for k in ('device', 'input_shape', 'runtime',
                                                             'dtype')})
-    for name in RESUME_FIELDS:
-        if table.meta[name] != meta[name]:
-            raise UsageError(f'{path}: {name} is {table.meta[name]!r} in the table but '
+    for name in RESUME_FIELDS + tuple(runtime_fields):
+        if table.meta.get(name) != meta[name]:
+            raise UsageError(f'{path}: {name} is {table.meta.get(name)!r} in the table but '
                              f'{meta[name]!r} here; use another --out or the same settings')
     table.check_structure(structure)
     print(f'resuming {path}: {len(table.tables)}/{len(structure.layers)} layers, '
@@ -78,6 +83,7 @@ def open_table(path: str, structure, meta: dict) -> LatencyTable:
 def main(argv=None) -> LatencyTable:
     args = parse_args(argv)
     check_device(args.device)
+    check_runtime(args.runtime, args.device)
     check_writable(osp.dirname(osp.abspath(args.out)), '--out folder')
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -88,9 +94,12 @@ def main(argv=None) -> LatencyTable:
     backbone = model.get_submodule(structure.backbone) if structure.backbone else model
     meta = make_meta(args.device, args.dtype, input_shape, args.step, args.runtime, args.repeats,
                      args.warmup, os.path.abspath(args.config))
-    table = open_table(args.out, structure, meta)
+    extra = runtime_meta(args.runtime, args.device)
+    meta.update(extra)
+    table = open_table(args.out, structure, meta, extra)
     print(f"{len(structure.layers)} prunable convs, {len(structure.groups)} channel groups, "
-          f"{len(structure.blocks)} removable blocks on {device_name(args.device)}")
+          f"{len(structure.blocks)} removable blocks on {device_name(args.device)}, runtime "
+          f"{args.runtime}" + ''.join(f', {k} {v}' for k, v in extra.items()))
 
     def save():
         table.save(args.out)

@@ -1,11 +1,13 @@
 """Check latency models against end-to-end timings of random pruned backbones.
 
     python tools/validate_latency.py CONFIG --table TABLE -n 50 [--out-dir DIR]
+        [--runtime torch|cudagraph|ort|trt]
 
 Samples n random structures (widths on the table's grid, about a quarter of the blocks removed),
 predicts each with every latency model (and the plain, unfitted sum of the table entries), times
 each end to end, and reports per model the mean absolute percentage error (raw, and after scaling
-so that the dense backbone is exact) and the Spearman rank correlation. Writes
+so that the dense backbone is exact) and the Spearman rank correlation. The end-to-end timings run
+in `--runtime`, the table's runtime (ort / trt: each pruned backbone exported to ONNX). Writes
 latency_validation.json and latency_validation.png to --out-dir (default: the table's folder).
 """
 import argparse
@@ -26,7 +28,8 @@ from mmdp.latency import (  # noqa: E402
     DTYPES, BilinearLutLatency, FlopsLatency, LatencyTable, LinearLutLatency,
     MeasuredLatency, build_from_config, device_name, sample_choices)
 from mmdp.fileio import atomic_write, atomic_write_json  # noqa: E402
-from mmdp.runtime.runtimes import TABLE_RUNTIMES, add_runtime_argument, resolve_runtime  # noqa: E402,E501
+from mmdp.runtime.runtimes import (TABLE_RUNTIMES, add_runtime_argument,  # noqa: E402
+                                   check_runtime, resolve_runtime)
 from mmdp.structure import StructureChoice, derive_structure  # noqa: E402
 
 matplotlib.use('Agg')
@@ -52,7 +55,8 @@ def parse_args(argv=None):
                         help='probability that a block is removed')
     parser.add_argument('--seed', type=int, default=1, help='differs from the profiling seed')
     parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
-    parser.add_argument('--threads', type=counts(1), help='CPU threads (torch.set_num_threads)')
+    parser.add_argument('--threads', type=counts(1),
+                        help='CPU threads of torch and ONNX Runtime (torch.set_num_threads)')
     args = resolve_runtime(parser.parse_args(argv))
     if not 0 <= args.removal <= 1:
         parser.error(f'--removal must lie in [0, 1], found {args.removal}')
@@ -86,6 +90,7 @@ def save_plot(path: str, measured: np.ndarray, predictions: dict, title: str) ->
 def main(argv=None) -> dict:
     args = parse_args(argv)
     check_device(args.device)
+    check_runtime(args.runtime, args.device)
     check_writable(args.out_dir, '--out-dir')
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -140,7 +145,7 @@ def main(argv=None) -> dict:
     atomic_write_json(os.path.join(args.out_dir, 'latency_validation.json'), report)
     save_plot(os.path.join(args.out_dir, 'latency_validation.png'), measured,
               predicted,
-              f'{structure.backbone or "backbone"} {list(input_shape)} {args.mode} '
+              f'{structure.backbone or "backbone"} {list(input_shape)} {args.runtime} '
               f'{args.dtype} ({kind})')
     print(f'saved {args.out_dir}/latency_validation.json and latency_validation.png')
     return report

@@ -58,17 +58,22 @@ def export_onnx(model, data, out_dir: str, fp16: bool = False) -> dict:
 class OrtStreamPETR:
     """The exported graphs in ONNX Runtime, fed frame by frame like the detector: `model` is the
     PyTorch detector the graphs came from, whose host code runs on a copy (its frame
-    bookkeeping must not be shared with the detector itself)."""
+    bookkeeping must not be shared with the detector itself). `open_session(path)` opens each
+    graph (default: an onnxruntime session on `providers`); anything with the session's `run`
+    and `get_inputs` will do (a TensorRT engine, mmdp.runtime.trt.Engine)."""
 
-    def __init__(self, model, onnx_dir: str, providers=('CPUExecutionProvider', )):
-        import onnxruntime as ort
+    def __init__(self, model, onnx_dir: str, providers=('CPUExecutionProvider', ),
+                 open_session=None):
+        if open_session is None:
+            import onnxruntime as ort
+            opts = ort.SessionOptions()
+
+            def open_session(path):
+                return ort.InferenceSession(path, opts, providers=list(providers))
         self.model = copy.deepcopy(model).cpu().eval()
         self.head = self.model.pts_bbox_head
-        opts = ort.SessionOptions()
-        self.backbone = ort.InferenceSession(osp.join(onnx_dir, BACKBONE), opts,
-                                             providers=list(providers))
-        self.head_graph = ort.InferenceSession(osp.join(onnx_dir, HEAD), opts,
-                                               providers=list(providers))
+        self.backbone = open_session(osp.join(onnx_dir, BACKBONE))
+        self.head_graph = open_session(osp.join(onnx_dir, HEAD))
         self.input_dtype = np.float16 if self.backbone.get_inputs()[0].type == \
             'tensor(float16)' else np.float32
         self.names = _names(self.head)

@@ -1,12 +1,14 @@
-"""Median latency of a module on a device: CUDA events (eager or CUDA-graph replay) on a GPU,
-`time.perf_counter` on the CPU."""
+"""Median latency of a module on a device, in one of the runtimes a latency table is profiled
+in: PyTorch eager, a CUDA-graph replay, ONNX Runtime or TensorRT on the module exported to ONNX.
+CUDA events time what runs on a GPU stream, `time.perf_counter` the CPU and ONNX Runtime (whose
+runs return once their outputs are computed)."""
 import platform
 import statistics
 import time
 
 import torch
 
-MODES = ('eager', 'cudagraph')
+MODES = ('eager', 'cudagraph', 'ort', 'trt')
 DTYPES = {'fp32': torch.float32, 'fp16': torch.float16}
 
 
@@ -36,7 +38,9 @@ def cudnn_version(device):
 
 class Timer:
     """Times `module(*inputs)` `repeats` times after `warmup` calls and returns the median in
-    milliseconds. `mode='cudagraph'` captures one call in a CUDA graph and times its replays."""
+    milliseconds. `mode='cudagraph'` captures one call in a CUDA graph and times its replays;
+    `mode='ort'` / `'trt'` export the module to ONNX and time its ONNX Runtime session /
+    TensorRT engine (mmdp.runtime.ort, mmdp.runtime.trt) on the same inputs."""
 
     def __init__(self, device='cpu', mode: str = 'eager', repeats: int = 100, warmup: int = 10):
         self.device = torch.device(device)
@@ -47,6 +51,11 @@ class Timer:
                              "use mode 'eager' on the CPU")
         if repeats < 1 or warmup < 0:
             raise ValueError(f'repeats must be >= 1 and warmup >= 0, found {repeats}, {warmup}')
+        self.backend = None
+        if mode in ('ort', 'trt'):  # fails here, before any work, where it cannot run
+            from importlib import import_module
+            self.backend = import_module(f'mmdp.runtime.{mode}')
+            self.backend.require(self.device)
         self.mode, self.repeats, self.warmup = mode, repeats, warmup
         if self.device.type == 'cuda':
             # Tables and end-to-end timings must see the kernels deployment would pick.
@@ -54,8 +63,16 @@ class Timer:
 
     @torch.no_grad()
     def __call__(self, module, *inputs) -> float:
+        if self.mode == 'ort':
+            return self._host(self.backend.bind(module, inputs, self.device))
+        if self.mode == 'trt':
+            with torch.cuda.device(self.device):
+                run = self.backend.bind(module, inputs, self.device)
+                for _ in range(self.warmup):
+                    run()
+                return self._events(run)
         if self.device.type != 'cuda':
-            return self._cpu(module, inputs)
+            return self._host(lambda: module(*inputs))
         return self._cuda_graph(module, inputs) if self.mode == 'cudagraph' else self._cuda(
             module, inputs)
 
@@ -74,13 +91,13 @@ class Timer:
             torch.cuda.synchronize(self.device)
             return start.elapsed_time(end)
 
-    def _cpu(self, module, inputs) -> float:
+    def _host(self, run) -> float:
         for _ in range(self.warmup):
-            module(*inputs)
+            run()
         times = []
         for _ in range(self.repeats):
             start = time.perf_counter()
-            module(*inputs)
+            run()
             times.append((time.perf_counter() - start) * 1e3)
         return statistics.median(times)
 

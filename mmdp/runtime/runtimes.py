@@ -1,24 +1,60 @@
 """The runtimes a detector or a latency table is timed in, under one set of names.
 
 torch: PyTorch eager. cudagraph: one captured CUDA graph replayed (fixed shapes, CUDA only).
-compile: torch.compile (inductor). ort: ONNX Runtime on the graphs tools/deploy.py exports.
-trt: TensorRT engines built from those graphs (GPU, optional `tensorrt` package).
+compile: torch.compile (inductor). ort: ONNX Runtime on ONNX exports (the two graphs of
+tools/deploy.py for a detector, one graph per timed conv or part for a table). trt: TensorRT
+engines built from those graphs (CUDA, optional `tensorrt` package).
 """
 import torch
 
 RUNTIMES = ('torch', 'cudagraph', 'compile', 'ort', 'trt')
-# What a whole detector (data samples in, boxes out) can be run in by `detector_runner`.
+# What a whole detector (data samples in, boxes out) runs in: the PyTorch model in process, or
+# its exported graphs with the detector's host code around them (mmdp.runtime.deployed).
 DETECTOR_RUNTIMES = ('torch', 'compile')
+DEPLOYED_RUNTIMES = ('ort', 'trt')
+# Runtimes a latency table is profiled in: per-layer convs, head parts and whole backbones timed
+# by mmdp.latency.Timer in the mode of the runtime (compile is not among them: it would compile
+# every conv of the width grid).
+TABLE_RUNTIMES = ('torch', 'cudagraph', 'ort', 'trt')
+TIMER_MODE = {'torch': 'eager', 'cudagraph': 'cudagraph', 'ort': 'ort', 'trt': 'trt'}
+# The latency tools' former --mode, and tables' former `meta.mode`.
+RUNTIME_OF_MODE = {'eager': 'torch', 'cudagraph': 'cudagraph'}
 
 
-def detector_runner(model, runtime: str, device):
+def check_runtime(runtime: str, device) -> None:
+    """ValueError at once, naming what is missing, where `runtime` cannot run on `device`."""
+    if runtime in DEPLOYED_RUNTIMES:
+        from importlib import import_module
+        import_module(f'mmdp.runtime.{runtime}').require(device)
+    elif runtime == 'cudagraph' and torch.device(device).type != 'cuda':
+        raise ValueError(f'--runtime cudagraph needs a CUDA device, found --device {device}')
+
+
+def runtime_meta(runtime: str, device) -> dict:
+    """What a latency table records about its runtime besides its name: versions, execution
+    providers, threads (empty for the PyTorch runtimes, whose version every table records)."""
+    if runtime not in DEPLOYED_RUNTIMES:
+        return {}
+    from importlib import import_module
+    return import_module(f'mmdp.runtime.{runtime}').meta(device)
+
+
+def detector_runner(model, runtime: str, device, example=None):
     """`run(data)`: one frame through `model` (its forward in predict mode) in `runtime`.
 
     torch.compile is applied to the image backbone and neck, whose shapes are fixed; the head's
-    Python (memory queue, decoding) stays eager, as in the two-engine deployment."""
+    Python (memory queue, decoding) stays eager, as in the two-engine deployment. ort / trt run
+    the two exported graphs, traced on `example` (one preprocessed frame), and time their calls
+    in `run.part_times`."""
+    if runtime in DEPLOYED_RUNTIMES:
+        if example is None:
+            raise ValueError(f'runtime {runtime!r} exports the detector first: give an example '
+                             'frame')
+        from .deployed import deployed_runner
+        return deployed_runner(model, runtime, device, example)
     if runtime not in DETECTOR_RUNTIMES:
-        raise ValueError(f'runtime {runtime!r} cannot run a whole detector here; use one of '
-                         f'{DETECTOR_RUNTIMES} (ort / trt: tools/deploy.py)')
+        raise ValueError(f'runtime {runtime!r} cannot run a whole detector; use one of '
+                         f'{DETECTOR_RUNTIMES + DEPLOYED_RUNTIMES}')
     if runtime == 'compile':
         for name in ('img_backbone', 'img_neck'):
             setattr(model, name, torch.compile(getattr(model, name)))
@@ -28,13 +64,6 @@ def detector_runner(model, runtime: str, device):
         return model(**data, mode='predict')
 
     return run
-
-
-# Runtimes a latency table can be profiled in: per-layer convs and whole backbones timed by
-# mmdp.latency.Timer, whose `mode` names them as the latency tools' former --mode did.
-TABLE_RUNTIMES = ('torch', 'cudagraph')
-TIMER_MODE = {'torch': 'eager', 'cudagraph': 'cudagraph'}
-RUNTIME_OF_MODE = {mode: runtime for runtime, mode in TIMER_MODE.items()}
 
 
 def add_runtime_argument(parser, choices=RUNTIMES):
