@@ -53,7 +53,11 @@ def check_tool(config, checkpoint, out):
     for key in ('boxes', 'scores', 'logits', 'box_codes', 'labels_differ'):
         assert result['worst'][key] <= 1e-4, (key, result['worst'])
     assert osp.getsize(osp.join(out, 'head.onnx')) > 0
-    assert result['tensorrt'].startswith(('skipped', 'available'))
+    if torch.cuda.is_available() and importlib.util.find_spec('tensorrt'):
+        assert set(result['tensorrt']) == {'status', 'fp32', 'fp16'}
+        assert all(result['tensorrt'][p]['agree'] for p in ('fp32', 'fp16'))
+    else:  # the TensorRT step says why it is skipped
+        assert result['tensorrt']['status'].startswith('skipped: ')
     return result
 
 

@@ -101,3 +101,19 @@ def test_each_model_runs_at_its_own_input_size_and_amp_is_recorded(tmp_path):
     assert result['img_size'] == [64, 192] and result['img_size_b'] == [96, 256]
     assert result['precision'] == 'amp-bfloat16'
     assert result['speedup']['median'] > 1.2  # 0.5 of the pixels
+
+
+def test_paired_speedup_in_onnx_runtime(tmp_path):
+    """The same model twice, each exported and run in ONNX Runtime: a ratio about 1."""
+    out = str(tmp_path / 'speedup.json')
+    proc = run_tool(SMALL, 'none', '--against', SMALL, 'none', '--rounds', '20', '--warmup', '1',
+                    '--runtime', 'ort', '--threads', '1', '--out', out)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    with open(out) as f:
+        result = json.load(f)
+    assert result['runtime'] == 'ort'
+    s = result['speedup']
+    assert s['p5'] <= s['median'] <= s['p95'] and 0.7 < s['median'] < 1.4
+    proc = run_tool(SMALL, 'none', '--against', SMALL, 'none', '--runtime', 'ort', '--amp',
+                    '--out', out)
+    assert proc.returncode == 2 and '--amp times PyTorch under autocast' in proc.stderr

@@ -23,7 +23,8 @@ from mmdp.fileio import atomic_write_json  # noqa: E402
 from mmdp.latency.timer import Timer, device_name  # noqa: E402
 from mmdp.runtime.detector import build_detector, preprocessed_frames  # noqa: E402
 from mmdp.runtime.paired import paired_speedup  # noqa: E402
-from mmdp.runtime.runtimes import DETECTOR_RUNTIMES, detector_runner  # noqa: E402
+from mmdp.runtime.runtimes import (DEPLOYED_RUNTIMES, DETECTOR_RUNTIMES,  # noqa: E402
+                                   check_runtime, detector_runner)
 
 
 def parse_args(argv=None):
@@ -33,7 +34,8 @@ def parse_args(argv=None):
     parser.add_argument('--against', nargs=2, metavar=('B_CONFIG', 'B_CKPT'), required=True)
     parser.add_argument('--rounds', type=int, default=20, help='timed rounds (>= 20)')
     parser.add_argument('--warmup', type=int, default=3, help='untimed frames per model first')
-    parser.add_argument('--runtime', choices=DETECTOR_RUNTIMES, default='torch')
+    parser.add_argument('--runtime', choices=DETECTOR_RUNTIMES + DEPLOYED_RUNTIMES,
+                        default='torch', help='ort / trt: the two graphs of tools/deploy.py')
     parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
     parser.add_argument('--threads', type=int,
                         help="CPU threads of torch (default: torch's). On a shared machine 1 "
@@ -47,6 +49,9 @@ def parse_args(argv=None):
     args = parser.parse_args(argv)
     if args.threads is not None and args.threads < 1:
         parser.error(f'--threads must be >= 1, found {args.threads}')
+    if args.amp and args.runtime in DEPLOYED_RUNTIMES:
+        parser.error(f'--amp times PyTorch under autocast; with --runtime {args.runtime} export '
+                     'an fp16 graph instead (tools/deploy.py --fp16)')
     if args.rounds < 20 or args.warmup < 0:
         parser.error(f'--rounds must be >= 20 and --warmup >= 0, found {args.rounds}, '
                      f'{args.warmup}')
@@ -72,6 +77,7 @@ def main(argv=None):
     if device.type == 'cuda' and not torch.cuda.is_available():
         print(f'error: --device {args.device}: no CUDA device here', file=sys.stderr)
         return 2
+    check_runtime(args.runtime, device)
     models = []
     for config, ckpt in ((args.config, args.checkpoint), tuple(args.against)):
         model, cfg = build_detector(config, None if ckpt == 'none' else ckpt,
@@ -80,13 +86,15 @@ def main(argv=None):
     (model_a, size), (model_b, size_b) = models
     if size != size_b:  # input resolution is one of JointPruning's dimensions
         print(f'note: each model runs at its config\'s img_size: A {size}, B {size_b}')
-    amp_dtype = torch.float16 if device.type == 'cuda' else torch.bfloat16
-    run_a, run_b = (autocast(detector_runner(m, args.runtime, device), device, amp_dtype,
-                             args.amp) for m in (model_a, model_b))
-
     def frames(i):
         return tuple(preprocessed_frames(m, hw, 1, start=i)[0]
                      for m, hw in ((model_a, size), (model_b, size_b)))
+
+    amp_dtype = torch.float16 if device.type == 'cuda' else torch.bfloat16
+    # ort / trt export each model's graphs, traced on a frame of its own input size.
+    run_a, run_b = (autocast(detector_runner(m, args.runtime, device, example=example), device,
+                             amp_dtype, args.amp) for m, example in zip((model_a, model_b),
+                                                                         frames(0)))
 
     timer = Timer(device)
     result = paired_speedup(run_a, run_b, frames, timer, args.rounds, args.warmup)

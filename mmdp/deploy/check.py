@@ -13,10 +13,11 @@ def sequence(model, img_size, count: int):
 
 
 @torch.no_grad()
-def compare_with_torch(model, onnx_dir: str, frames) -> list:
-    """Per frame: the largest absolute differences of ONNX Runtime's outputs from PyTorch's
-    (last-layer logits and box codes, decoded boxes and scores)."""
-    ort_model = OrtStreamPETR(model, onnx_dir)
+def compare_with_torch(model, onnx_dir: str, frames, open_session=None) -> list:
+    """Per frame: the largest absolute differences of the exported graphs' outputs from
+    PyTorch's (last-layer logits and box codes, decoded boxes and scores), the graphs run in
+    ONNX Runtime or what `open_session` opens them with (TensorRT engines)."""
+    ort_model = OrtStreamPETR(model, onnx_dir, open_session=open_session)
     model.reset_memory()
     diffs = []
     for data in frames:

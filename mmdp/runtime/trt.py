@@ -5,6 +5,8 @@ from types import SimpleNamespace
 import numpy as np
 import torch
 
+from mmdp.fileio import atomic_write
+
 from .onnx_graph import onnx_bytes
 
 
@@ -47,6 +49,8 @@ class Engine:
         config = builder.create_builder_config()
         if fp16:
             config.set_flag(trt.BuilderFlag.FP16)
+        else:  # fp32 means fp32: TensorRT would otherwise run convs and matmuls in TF32
+            config.clear_flag(trt.BuilderFlag.TF32)
         plan = builder.build_serialized_network(network, config)
         if plan is None:
             raise RuntimeError('TensorRT could not build an engine of the graph')
@@ -62,6 +66,13 @@ class Engine:
             self.context.set_tensor_address(name, tensor.data_ptr())
             is_input = self.engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT
             (self.inputs if is_input else self.outputs)[name] = tensor
+
+    def save(self, path: str) -> None:
+        """The serialized engine (a plan TensorRT's runtime loads on the same GPU model)."""
+        def write(tmp):
+            with open(tmp, 'wb') as f:
+                f.write(self.engine.serialize())
+        atomic_write(path, write)
 
     def enqueue(self):
         self.context.execute_async_v3(torch.cuda.current_stream().cuda_stream)
