@@ -197,7 +197,18 @@ def test_the_event_solves_the_whole_program_and_pruned_entries_stay_zero(whole_r
     assert problem['groups'][f'{HEAD}.decoder.layers.1.cross_attn.heads'] == dict(
         widths=list(range(1, 9)), kind='heads', unit=32)
     assert f'{HEAD}.decoder.layers.1' in problem['blocks']
-    names = {layer['name'] for layer in problem['layers']}
+    # The token setting is one group of the program, named by its learnable queries; every
+    # decoder part's latency is a table over (its width, the setting).
+    assert problem['groups'][f'{HEAD}.tokens'] == dict(
+        widths=[30, 45, 60], kind='tokens', unit=1, settings=[
+            dict(num_query=q, num_propagated=p, memory_len=m)
+            for q, p, m in (*TOKEN_SETTINGS, (60, 16, 64))])
+    layers = {layer['name']: layer for layer in problem['layers']}
+    ffn = layers[f'{HEAD}.decoder.layers.0.ffn']
+    assert ffn['input_group'] == f'{HEAD}.tokens' and all(len(row) == 3 for row in ffn['latency'])
+    value = layers[f'{HEAD}.tokens']['importance']
+    assert value[0] < value[1] < value[2]  # more queries and slots kept, more value
+    names = set(layers)
     assert {f'{HEAD}.position_encoder', f'{HEAD}.decoder.layers.0.ffn',
             'img_neck.lateral_convs.0.conv'} <= names
     ckpt = torch.load(osp.join(whole_run['work'], 'iter_4.pth'), map_location='cpu',
