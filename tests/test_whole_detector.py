@@ -15,6 +15,7 @@ from mmdet3d.registry import MODELS
 from mmengine.registry import init_default_scope
 from mmengine.runner import load_checkpoint
 
+import mmdp.export.export as export_module
 from mmdp.config_utils import load_config
 from mmdp.importance import TaylorSaliency
 from mmdp.pruning import CHECKPOINT_KEY, PruningMasks, PruningState
@@ -135,6 +136,14 @@ def test_masked_head_equals_exported_head_over_a_sequence(model, structure, toke
     assert kept != list(range(num_query))  # queries chosen by index, not the first ones
     torch.testing.assert_close(head.reference_points.weight,
                                model.pts_bbox_head.reference_points.weight[kept])
+    # The exported config's head (PrunedStreamPETRHead of the choice) takes these weights.
+    cfg = load_config(CONFIG)
+    spec = export_module._pruned_head(HEAD, structure, choice)
+    assert spec['widths']['tokens'] == num_query
+    built = MODELS.build(dict(cfg.model.pts_bbox_head, token_settings=TOKEN_SETTINGS, **spec))
+    built.load_state_dict(head.state_dict(), strict=True)
+    assert (built.num_query, built.num_propagated, built.memory_len) == (
+        num_query, num_propagated, memory_len)
     frames = [fake_frame(*SHAPE[2:], 0, scene='a'), fake_frame(*SHAPE[2:], 1, scene='a'),
               fake_frame(*SHAPE[2:], 2, scene='b', prev_exists=False)]
     a, b = run(masked, frames), run(exported, frames)
@@ -148,7 +157,8 @@ def test_masked_head_equals_exported_head_over_a_sequence(model, structure, toke
         h.remove()
     # Removing the handles puts the masked model back at the dense token counts.
     dense = run(masked, frames)
-    assert dense[0][0].shape[2] == model.pts_bbox_head.num_query + model.pts_bbox_head.num_propagated
+    full = model.pts_bbox_head
+    assert dense[0][0].shape[2] == full.num_query + full.num_propagated
 
 
 # ------------------------------------------------------------ end to end: train, export, test

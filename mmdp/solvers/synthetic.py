@@ -173,7 +173,8 @@ def whole_detector_problem(depth: int = 50, chunk: int = 32, budget_ratio: float
     """`resnet_problem`'s backbone, the neck's lateral convs (1x1 to 256 channels from the
     stride-16 and stride-32 stages, cost per backbone width) and StreamPETR's head
     (`_head_layers`, token settings included) at 704x256, with the same cost per
-    multiply-accumulate and launch constant, in one version-2 problem. Budget = `budget_ratio` x dense."""
+    multiply-accumulate and launch constant, in one version-2 problem. Budget =
+    `budget_ratio` x dense."""
     backbone = resnet_problem(depth, chunk, True, 1.0, seed=seed).to_dict()
     rng = np.random.default_rng(seed + 1)
     bottleneck, _ = RESNETS[depth]
