@@ -118,7 +118,7 @@ def test_mdp_matches_exhaustive_with_token_groups(seed):
     """Random problems with a token group (a decoder part's T[width][token setting]): MDP's
     choice is brute force's, on the instances (a fixed, seeded set) whose optimum is unique."""
     rng = np.random.default_rng(100 + seed)
-    checked = 0
+    checked = fewer = 0
     for _ in range(30):
         problem = random_problem(rng, tokens=True)
         assert problem.group_info['tokens']['kind'] == 'tokens'
@@ -139,7 +139,8 @@ def test_mdp_matches_exhaustive_with_token_groups(seed):
         halp = solve(problem, 'halp')  # the token group frozen as an input, chosen as a width
         assert halp.status == 'infeasible' or halp.objective <= answer.objective + 1e-9
         checked += 1
-    assert checked >= 15
+        fewer += widths['tokens'] not in (None, problem.groups['tokens'][-1])
+    assert checked >= 15 and fewer >= 5  # and the optimum often gives up tokens
 
 
 def test_mdp_options_match_exhaustive():
