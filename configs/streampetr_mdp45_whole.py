@@ -14,3 +14,7 @@ custom_hooks = [
          latency_model='lut_bilinear', solver=dict(type='mdp', time_limit=60),
          prune_ratio=0.45, chunk=32, at_iter=1758),
 ]
+# Token counts in the same program: the allowed (num_query, num_propagated, memory_len), the
+# dense (300, 128, 512) added; every decoder part's latency is a table over (width, setting).
+model = dict(pts_bbox_head=dict(token_settings=[
+    (100, 32, 128), (150, 64, 256), (200, 64, 384), (250, 128, 512)]))

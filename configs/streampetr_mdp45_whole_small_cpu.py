@@ -13,3 +13,5 @@ custom_hooks = [
          solver=dict(type='mdp', time_limit=30),
          prune_ratio=0.45, chunk=None, at_iter=3, steps=1, interval=0),
 ]
+# Token counts: the allowed (num_query, num_propagated, memory_len), the dense (60, 16, 64) added.
+model = dict(pts_bbox_head=dict(token_settings=[(30, 8, 32), (45, 16, 48)]))

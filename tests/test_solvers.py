@@ -101,6 +101,48 @@ def test_mdp_matches_exhaustive_on_random_problems(seed):
     assert statuses == {'optimal', 'infeasible'}
 
 
+def test_token_group_settings_are_checked():
+    data = random_problem(np.random.default_rng(3), tokens=True).to_dict()
+    data['groups']['tokens']['settings'].pop()
+    with pytest.raises(ProblemError, match=r"group 'tokens' \(kind 'tokens'\): 'settings' must "
+                                           r'list one setting per width'):
+        Problem.from_dict(data)
+    data = random_problem(np.random.default_rng(3), tokens=True).to_dict()
+    data['groups']['g0']['settings'] = []
+    with pytest.raises(ProblemError, match="'settings' belongs to a group of kind 'tokens'"):
+        Problem.from_dict(data)
+
+
+@pytest.mark.parametrize('seed', range(2))
+def test_mdp_matches_exhaustive_with_token_groups(seed):
+    """Random problems with a token group (a decoder part's T[width][token setting]): MDP's
+    choice is brute force's, on the instances (a fixed, seeded set) whose optimum is unique."""
+    rng = np.random.default_rng(100 + seed)
+    checked = fewer = 0
+    for _ in range(30):
+        problem = random_problem(rng, tokens=True)
+        assert problem.group_info['tokens']['kind'] == 'tokens'
+        reference = solve(problem, 'exhaustive')
+        answer = solve(problem, 'mdp', **EXACT)
+        assert answer.status == reference.status
+        check_recomputed(problem, answer)
+        if reference.status != 'optimal':
+            continue
+        assert answer.gap is not None and answer.gap <= 1e-6
+        best = optima(problem)
+        if len(best) != 1:
+            continue
+        widths, removed = best[0]
+        assert {g: w for g, w in answer.widths.items() if widths[g] is not None} == {
+            g: w for g, w in widths.items() if w is not None}
+        assert sorted(answer.removed_blocks) == removed
+        halp = solve(problem, 'halp')  # the token group frozen as an input, chosen as a width
+        assert halp.status == 'infeasible' or halp.objective <= answer.objective + 1e-9
+        checked += 1
+        fewer += widths['tokens'] not in (None, problem.groups['tokens'][-1])
+    assert checked >= 15 and fewer >= 5  # and the optimum often gives up tokens
+
+
 def test_mdp_options_match_exhaustive():
     rng = np.random.default_rng(7)
     for _ in range(10):
@@ -534,6 +576,9 @@ def test_version_2_keeps_group_kinds_and_version_1_files_still_solve():
     assert data['version'] == 2
     heads = data['groups']['head.decoder.layers.0.cross_attn.heads']
     assert heads['kind'] == 'heads' and heads['unit'] == 32 and heads['widths'] == list(range(1, 9))
+    tokens = data['groups']['head.tokens']
+    assert tokens['kind'] == 'tokens' and tokens['widths'] == [100, 150, 200, 250, 300]
+    assert tokens['settings'][-1] == dict(num_query=300, num_propagated=128, memory_len=512)
     assert Problem.from_dict(data).to_dict() == data
     for problem in (v1, v2):
         assert build_solver('mdp').solve(problem).status == 'optimal'
@@ -553,4 +598,8 @@ def test_whole_detector_mdp_is_exact_and_beats_halp():
     parts = [l for l in problem.layers if l.block == 'head.decoder.layers.3']
     assert len(parts) == 3
     assert full_value - value == pytest.approx(sum(l.importance[-1] for l in parts))
-    assert full_ms - ms == pytest.approx(sum(l.latency[-1] for l in parts))
+    # Each part's latency is a table over (its width, the token setting): dense is [-1, -1].
+    assert full_ms - ms == pytest.approx(sum(l.latency[-1, -1] for l in parts))
+    assert all(l.input_group == 'head.tokens' for l in parts)
+    # Fewer tokens make a dense part cheaper: its full width costs less at the smallest setting.
+    assert all(l.latency[-1, 0] < l.latency[-1, -1] for l in parts)

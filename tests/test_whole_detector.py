@@ -15,6 +15,7 @@ from mmdet3d.registry import MODELS
 from mmengine.registry import init_default_scope
 from mmengine.runner import load_checkpoint
 
+import mmdp.export.export as export_module
 from mmdp.config_utils import load_config
 from mmdp.importance import TaylorSaliency
 from mmdp.pruning import CHECKPOINT_KEY, PruningMasks, PruningState
@@ -24,11 +25,14 @@ from projects.streampetr.fake_inputs import fake_frame
 CONFIG = 'configs/streampetr_r50_small_cpu.py'
 SHAPE = (6, 3, 64, 128)
 HEAD = 'pts_bbox_head'
+# (num_query, num_propagated, memory_len) besides the small config's dense (60, 16, 64).
+TOKEN_SETTINGS = [(30, 8, 32), (45, 16, 48)]
 
 
 @pytest.fixture(scope='module')
 def model():
     cfg = load_config(CONFIG)
+    cfg.model.pts_bbox_head.token_settings = TOKEN_SETTINGS
     init_default_scope('mmdet3d')
     torch.manual_seed(0)
     net = MODELS.build(cfg.model)
@@ -51,13 +55,15 @@ def structure(model):
     return derive_structure(model, SHAPE, head=HEAD)
 
 
-def random_choice(structure, removed, seed=0) -> StructureChoice:
+def random_choice(structure, removed, seed=0, tokens=TOKEN_SETTINGS[0][0]) -> StructureChoice:
+    """Random widths and kept units; the token group at the setting of `tokens` queries."""
     rng = np.random.default_rng(seed)
     widths, channels = {}, {}
     for group, full in structure.groups.items():
         if group in structure.fixed_groups:
             continue
-        widths[group] = int(rng.integers(max(1, full // 4), full + 1))
+        widths[group] = (tokens if group == f'{HEAD}.tokens'
+                         else int(rng.integers(max(1, full // 4), full + 1)))
         channels[group] = sorted(rng.choice(full, widths[group], replace=False).tolist())
     return StructureChoice(widths, removed, channels)
 
@@ -84,6 +90,13 @@ def test_head_dimensions_are_parts_of_the_structure(model, structure):
     self_attn = structure.part(f'{HEAD}.decoder.layers.0.self_attn')
     assert self_attn.shapes[0][1] == head.num_query + head.num_propagated
     assert self_attn.shapes[1][1] == head.num_query + head.memory_len
+    # The token setting: one group named by the learnable queries, read by every decoder part.
+    tokens = structure.part(f'{HEAD}.tokens')
+    assert structure.groups[f'{HEAD}.tokens'] == head.num_query
+    assert tokens.settings == (*TOKEN_SETTINGS, (head.num_query, head.num_propagated,
+                                                 head.memory_len))
+    assert tokens.units == head.num_query + head.memory_len
+    assert {p.input_group for p in structure.parts if p.block} == {f'{HEAD}.tokens'}
 
 
 def run(model, frames):
@@ -97,9 +110,13 @@ def run(model, frames):
     return outs
 
 
-def test_masked_head_equals_exported_head_over_a_sequence(model, structure):
+@pytest.mark.parametrize('tokens', [setting[0] for setting in TOKEN_SETTINGS])
+def test_masked_head_equals_exported_head_over_a_sequence(model, structure, tokens):
+    """Widths, heads, a removed decoder layer and a token setting (fewer learnable queries,
+    chosen by index; fewer propagated queries; a shorter memory) in both forms."""
     removed = ['img_backbone.layer3.1', f'{HEAD}.decoder.layers.0']
-    choice = random_choice(structure, removed)
+    choice = random_choice(structure, removed, tokens=tokens)
+    num_query, num_propagated, memory_len = next(s for s in TOKEN_SETTINGS if s[0] == tokens)
     masked = copy.deepcopy(model)
     masks = PruningMasks(structure, choice)
     masks.apply_(masked)
@@ -112,6 +129,21 @@ def test_masked_head_equals_exported_head_over_a_sequence(model, structure):
     assert attn.num_heads == choice.widths[f'{HEAD}.decoder.layers.1.cross_attn.heads']
     assert attn.q_proj.out_features == 32 * attn.num_heads
     assert type(head.decoder.layers[0]).__name__ == 'PassQuery'
+    assert (head.num_query, head.num_propagated, head.memory_len) == (
+        num_query, num_propagated, memory_len)
+    assert head.reference_points.num_embeddings == num_query
+    kept = choice.channels[f'{HEAD}.tokens']
+    assert kept != list(range(num_query))  # queries chosen by index, not the first ones
+    torch.testing.assert_close(head.reference_points.weight,
+                               model.pts_bbox_head.reference_points.weight[kept])
+    # The exported config's head (PrunedStreamPETRHead of the choice) takes these weights.
+    cfg = load_config(CONFIG)
+    spec = export_module._pruned_head(HEAD, structure, choice)
+    assert spec['widths']['tokens'] == num_query
+    built = MODELS.build(dict(cfg.model.pts_bbox_head, token_settings=TOKEN_SETTINGS, **spec))
+    built.load_state_dict(head.state_dict(), strict=True)
+    assert (built.num_query, built.num_propagated, built.memory_len) == (
+        num_query, num_propagated, memory_len)
     frames = [fake_frame(*SHAPE[2:], 0, scene='a'), fake_frame(*SHAPE[2:], 1, scene='a'),
               fake_frame(*SHAPE[2:], 2, scene='b', prev_exists=False)]
     a, b = run(masked, frames), run(exported, frames)
@@ -119,10 +151,14 @@ def test_masked_head_equals_exported_head_over_a_sequence(model, structure):
         for ta, tb in zip(fa, fb):
             if torch.is_tensor(ta):
                 torch.testing.assert_close(ta, tb, rtol=1e-5, atol=1e-5)
-    dense = run(model, frames)
-    assert not torch.allclose(dense[0][0], a[0][0], atol=1e-3)  # the choice changed something
+    assert a[0][0].shape[2] == num_query + num_propagated
+    assert masked.pts_bbox_head.memory_embedding.shape[1] == memory_len
     for h in handles:
         h.remove()
+    # Removing the handles puts the masked model back at the dense token counts.
+    dense = run(masked, frames)
+    full = model.pts_bbox_head
+    assert dense[0][0].shape[2] == full.num_query + full.num_propagated
 
 
 # ------------------------------------------------------------ end to end: train, export, test
@@ -171,7 +207,18 @@ def test_the_event_solves_the_whole_program_and_pruned_entries_stay_zero(whole_r
     assert problem['groups'][f'{HEAD}.decoder.layers.1.cross_attn.heads'] == dict(
         widths=list(range(1, 9)), kind='heads', unit=32)
     assert f'{HEAD}.decoder.layers.1' in problem['blocks']
-    names = {layer['name'] for layer in problem['layers']}
+    # The token setting is one group of the program, named by its learnable queries; every
+    # decoder part's latency is a table over (its width, the setting).
+    assert problem['groups'][f'{HEAD}.tokens'] == dict(
+        widths=[30, 45, 60], kind='tokens', unit=1, settings=[
+            dict(num_query=q, num_propagated=p, memory_len=m)
+            for q, p, m in (*TOKEN_SETTINGS, (60, 16, 64))])
+    layers = {layer['name']: layer for layer in problem['layers']}
+    ffn = layers[f'{HEAD}.decoder.layers.0.ffn']
+    assert ffn['input_group'] == f'{HEAD}.tokens' and all(len(row) == 3 for row in ffn['latency'])
+    value = layers[f'{HEAD}.tokens']['importance']
+    assert value[0] < value[1] < value[2]  # more queries and slots kept, more value
+    names = set(layers)
     assert {f'{HEAD}.position_encoder', f'{HEAD}.decoder.layers.0.ffn',
             'img_neck.lateral_convs.0.conv'} <= names
     ckpt = torch.load(osp.join(whole_run['work'], 'iter_4.pth'), map_location='cpu',
@@ -235,7 +282,8 @@ def head_loss(model, frame):
 
 def test_head_saliency_is_the_gradient_of_a_unit_gate(model, structure):
     """The collector's value of a head unit is the window mean of |dL/dg| for a gate g = 1
-    multiplying the unit (an MLP unit, or a head's 32 features) where the next Linear reads it."""
+    multiplying the unit (an MLP unit, or a head's 32 features) where the next Linear reads it,
+    or a token (a learnable or propagated query, a memory slot) where the decoder reads it."""
     frames = [fake_frame(*SHAPE[2:], i) for i in range(2)]
     gated = copy.deepcopy(model)
     gates, handles = {}, []
@@ -245,7 +293,18 @@ def test_head_saliency_is_the_gradient_of_a_unit_gate(model, structure):
 
         def multiply(module, args, gate=gate, unit=part.unit):
             return (args[0] * gate.repeat_interleave(unit),)
-        handles.append(gated.get_submodule(part.gate).register_forward_pre_hook(multiply))
+
+        def multiply_tokens(module, args, gate=gate, settings=part.settings):
+            # Learnable query i and propagated slot j scale their decoder query rows (content
+            # and position), older memory slot j its rows of the memory keys.
+            num_query, num_propagated, _ = settings[-1]
+            query, query_pos, img, img_pos, memory, memory_pos, blocked = args
+            rows = gate[:num_query + num_propagated][None, :, None]
+            older = gate[num_query + num_propagated:][None, :, None]
+            return (query * rows, query_pos * rows, img, img_pos, memory * older,
+                    memory_pos * older, blocked)
+        hook = multiply_tokens if part.kind == 'tokens' else multiply
+        handles.append(gated.get_submodule(part.gate).register_forward_pre_hook(hook))
     expected = []
     for frame in frames:
         for gate in gates.values():

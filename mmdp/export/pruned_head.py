@@ -11,9 +11,10 @@ from projects.streampetr.models.streampetr_head import StreamPETRHead
 class PrunedStreamPETRHead(StreamPETRHead):
     """A StreamPETR head pruned to `widths` ({group: units}, groups named relative to the head,
     e.g. 'position_encoder.hidden', 'decoder.layers.1.ffn.hidden',
-    'decoder.layers.1.cross_attn.heads'; groups not named keep their width) with
-    `removed_layers` (e.g. ['decoder.layers.0']) replaced by `PassQuery`. Every other argument
-    is `StreamPETRHead`'s; the weights come from the exported checkpoint."""
+    'decoder.layers.1.cross_attn.heads', and 'tokens': the learnable queries of one of its
+    `token_settings`, which sets num_propagated and memory_len too; groups not named keep their
+    width) with `removed_layers` (e.g. ['decoder.layers.0']) replaced by `PassQuery`. Every
+    other argument is `StreamPETRHead`'s; the weights come from the exported checkpoint."""
 
     def __init__(self, widths: dict, removed_layers=(), **kwargs):
         super().__init__(**kwargs)

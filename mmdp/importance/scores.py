@@ -7,6 +7,7 @@ import numpy as np
 import torch
 
 from mmdp.structure import Structure
+from mmdp.structure.head import TOKENS, token_setting
 
 
 def _valued(structure: Structure) -> list:
@@ -22,7 +23,8 @@ def group_scores(structure: Structure, values: dict) -> dict:
     for layer in _valued(structure):
         v = torch.as_tensor(values[layer.name], dtype=torch.float64)
         totals[layer.group] = totals.get(layer.group, 0) + v
-    return {group: total.abs() for group, total in totals.items()}
+    # A token group ranks its learnable queries only: its memory slots are kept by position.
+    return {group: total[:structure.groups[group]].abs() for group, total in totals.items()}
 
 
 def channel_order(scores: dict, kept: Optional[dict] = None) -> dict:
@@ -44,13 +46,31 @@ def layer_values(structure: Structure, values: dict, order: dict) -> Callable:
     """`importance(layer_name, widths)` for `TableLatencyModel.to_problem`: the value of a
     layer keeping the first `w` channels of its group's order is the sum of their values in
     that layer."""
-    prefix = {}
+    prefix, tokens = {}, {}
     for layer in _valued(structure):
         v = torch.as_tensor(values[layer.name], dtype=torch.float64).numpy()
         prefix[layer.name] = np.concatenate([[0.0], np.cumsum(v[order[layer.group]])])
+        if getattr(layer, 'kind', None) == TOKENS:
+            tokens[layer.name] = (layer, np.concatenate([[0.0], np.cumsum(v[len(order[
+                layer.group]):])]))
 
     def importance(layer_name: str, widths) -> list:
+        if layer_name in tokens:
+            return [token_value(*tokens[layer_name], prefix[layer_name], w) for w in widths]
         if layer_name not in prefix:  # a cost-only part (a neck conv)
             return [0.0] * len(widths)
         return [float(prefix[layer_name][w]) for w in widths]
     return importance
+
+
+def token_value(part, slots: np.ndarray, queries: np.ndarray, width: int) -> float:
+    """The value of the token setting with `width` learnable queries: its top learnable
+    queries (`queries`: prefix sums in importance order), its propagated slots and its older
+    memory slots (`slots`: prefix sums in slot order), each slot valued in the role it had in
+    the window: a propagated slot that a smaller setting demotes to a key-only one counts as
+    lost (its value as a key alone was not measured)."""
+    num_query, num_propagated, memory_len = token_setting(part, width)
+    dense_propagated = part.settings[-1][1]
+    older = max(memory_len, dense_propagated)
+    return float(queries[num_query] + slots[num_propagated]
+                 + slots[older] - slots[dense_propagated])

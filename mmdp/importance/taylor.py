@@ -15,6 +15,12 @@ Linear, out_proj), and its s is the first-order Taylor term dL/dg = sum over the
 features and tokens of x * dL/dx. Each unit is its own group, so its value is |s| per
 iteration and then the window mean, the same statistic as a channel's.
 
+A token setting's units (mmdp/structure/head.py) are gated where the decoder reads them: a
+learnable query's gate multiplies its row of the decoder's query content and query position
+(a learnable query has no content of its own: the row is its reference point's embedding),
+a propagated query's the same rows, and an older memory slot's its row of the memory keys and
+their positions; s = sum over the row's features of x * dL/dx, over both inputs.
+
 The gradients are read while backward runs (tensor hooks on gamma and beta), because MMEngine's
 OptimWrapper does backward, step and zero_grad inside one `train_step`: nothing is left to read
 after it. With a loss scaler the gradients are divided by its scale. Under DDP each rank reads
@@ -28,6 +34,7 @@ from mmengine import dist
 from torch import nn
 
 from mmdp.structure import Structure
+from mmdp.structure.head import TOKENS
 
 # What `sums` accumulates; a checkpoint holding another statistic is refused.
 STATISTIC = 'mean of per-iteration |sum_l s| shared by |s_l|'
@@ -49,6 +56,8 @@ class TaylorSaliency:
         self.bns = {layer.name: model.get_submodule(layer.bn) for layer in structure.layers}
         self.gates = {part.name: (model.get_submodule(part.gate), part)
                       for part in structure.valued_parts}
+        self.heads = {part.name: model.get_submodule(part.modules[0])
+                      for part in structure.valued_parts if part.kind == TOKENS}
         sizes = ([bn.num_features for bn in self.bns.values()]
                  + [part.units for _, part in self.gates.values()])
         names = list(self.bns) + list(self.gates)
@@ -89,7 +98,9 @@ class TaylorSaliency:
                     self._handles.append(param.register_post_accumulate_grad_hook(_drop_grad))
                 self._handles.append(param.register_hook(self._reader(name, param)))
         for name, (module, part) in self.gates.items():
-            self._handles.append(module.register_forward_pre_hook(self._gate_reader(name, part)))
+            reader = (self._token_reader(name, part, self.heads[name]) if part.kind == TOKENS
+                      else self._gate_reader(name, part))
+            self._handles.append(module.register_forward_pre_hook(reader))
 
     def stop(self) -> None:
         for handle in self._handles:
@@ -119,6 +130,35 @@ class TaylorSaliency:
                 s = (x.detach().float() * grad.float()).reshape(-1, part.units, part.unit)
                 view.add_(s.sum((0, 2)))
             x.register_hook(read)
+        return watch
+
+    def _token_reader(self, name: str, part, head: nn.Module):
+        """Gates of a token setting's units on the decoder's inputs (query, query_pos, ...,
+        temp_memory, temp_pos): unit i < num_query is learnable query i, unit num_query + j
+        memory slot j (the propagated queries are slots 0 .. num_propagated - 1)."""
+        view = self._buffer[self.offsets[name]:self.offsets[name] + self.sizes[name]]
+        full = part.settings[-1][0]
+
+        def watch(module, args) -> None:
+            if self._scale is None:
+                return
+            query, query_pos, temp_memory, temp_pos = args[0], args[1], args[4], args[5]
+            p = head.num_propagated
+            learnable = (torch.arange(full) if head.query_index is None
+                         else head.query_index.cpu())
+            rows = torch.cat([learnable, full + torch.arange(p)]).to(view.device)
+            pad = query.size(1) - len(rows)  # the denoising queries come first
+            slots = full + p + torch.arange(0 if temp_memory is None else temp_memory.size(1),
+                                            device=view.device)
+            for x, units, start in ((query, rows, pad), (query_pos, rows, pad),
+                                    (temp_memory, slots, 0), (temp_pos, slots, 0)):
+                if x is None or not x.requires_grad:
+                    continue
+
+                def read(grad, x=x, units=units, start=start) -> None:
+                    s = (x.detach().float() * grad.float())[:, start:].sum((0, 2))
+                    view.index_add_(0, units, s.to(view))
+                x.register_hook(read)
         return watch
 
     def begin_iteration(self, loss_scale: float = 1.0) -> None:

@@ -14,7 +14,7 @@ import torch
 from scipy.optimize import nnls
 
 from mmdp.structure import Structure, StructureChoice, derive_structure, prune_copy
-from mmdp.structure.head import ATTENTION, Part
+from mmdp.structure.head import ATTENTION, TOKENS, Part
 
 from .registry import LATENCY_MODELS
 from .table import LatencyTable, profiled_widths
@@ -38,6 +38,10 @@ def group_kinds(structure: Structure) -> dict:
     for part in structure.valued_parts:
         kinds[part.group] = {'kind': 'heads' if part.kind == ATTENTION else 'hidden',
                              'unit': part.unit}
+        if part.kind == TOKENS:
+            kinds[part.group] = {'kind': 'tokens', 'unit': 1, 'settings': [
+                dict(zip(('num_query', 'num_propagated', 'memory_len'), map(int, s)))
+                for s in part.settings]}
     return kinds
 
 
@@ -81,7 +85,9 @@ class TableLatencyModel:
         widths = choice.all_widths(self.structure)
         return (sum(self._layer_cost(layer, widths) for layer in self.structure.layers
                     if layer.block not in choice.removed_blocks)
-                + sum(float(self.part_costs(part, [widths[part.group]])[0])
+                + sum(float(np.ravel(self.part_costs(
+                    part, [widths[part.group]],
+                    [widths[part.input_group]] if part.input_group else None))[0])
                       for part in self.structure.parts if part.block not in choice.removed_blocks))
 
     def to_problem(self, structure: Optional[Structure] = None,

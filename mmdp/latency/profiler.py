@@ -12,7 +12,8 @@ from tqdm import tqdm
 import torch.nn.functional as F
 
 from mmdp.structure import Structure, StructureChoice
-from mmdp.structure.head import ATTENTION, MLP, NECK_CONV
+from mmdp.structure.head import (ATTENTION, MLP, NECK_CONV, TOKENS, at_setting, token_part,
+                                 token_setting)
 
 from .models import (TERMS, BilinearLutLatency, LinearLutLatency, MeasuredLatency,
                      fit_overheads)
@@ -90,6 +91,23 @@ class _Heads(nn.Module):
         return self.out(out.transpose(1, 2).reshape(b, n, h * d))
 
 
+class _TokenWork(nn.Module):
+    """What a token setting costs outside the decoder layers: the query embedding over the
+    learnable queries and the memory, the shared class and box branches over every layer's
+    queries."""
+
+    def __init__(self, embed_in: int, embed: int, classes: int):
+        super().__init__()
+        self.embed = nn.Sequential(nn.Linear(embed_in, embed), nn.ReLU(), nn.Linear(embed, embed))
+        block = [nn.Linear(embed, embed), nn.LayerNorm(embed), nn.ReLU()]
+        self.cls = nn.Sequential(*block, *block, nn.Linear(embed, classes))
+        self.reg = nn.Sequential(nn.Linear(embed, embed), nn.ReLU(), nn.Linear(embed, embed),
+                                 nn.ReLU(), nn.Linear(embed, 10))
+
+    def forward(self, embed_in, queries):
+        return self.embed(embed_in), self.cls(queries), self.reg(queries)
+
+
 def time_part(part, width: int, timer: Timer, dtype: torch.dtype) -> float:
     """Milliseconds of a head part at `width` units (a neck conv: input channels) and its real
     input shapes."""
@@ -101,6 +119,10 @@ def time_part(part, width: int, timer: Timer, dtype: torch.dtype) -> float:
         inputs = (torch.randn(shape, device=device, dtype=dtype),)
     elif part.kind == ATTENTION:
         module = _Heads(part.shapes[0][-1], width, part.unit, part.out_features)
+        inputs = tuple(torch.randn(s, device=device, dtype=dtype) for s in part.shapes[:2])
+    elif part.kind == TOKENS:
+        part = at_setting(part, token_setting(part, width))
+        module = _TokenWork(part.shapes[0][-1], part.shapes[1][-1], part.out_features)
         inputs = tuple(torch.randn(s, device=device, dtype=dtype) for s in part.shapes[:2])
     elif part.kind == NECK_CONV:
         n, _, h, w = part.shapes[0]
@@ -114,11 +136,17 @@ def time_part(part, width: int, timer: Timer, dtype: torch.dtype) -> float:
 def profile_parts(table: LatencyTable, timer: Timer, dtype: torch.dtype,
                   save: Optional[Callable] = None) -> None:
     """Time every head part and neck conv not yet in `table.tables` at each width of its group
-    (every head count of an attention), in the same table as the convs."""
+    (every head count of an attention), and a decoder part at each token setting too (rows:
+    its widths, columns: the settings), in the same table as the convs."""
     todo = [p for p in table.structure.parts if p.name not in table.tables]
     for part in tqdm(todo, desc='head parts', unit='part'):
-        table.tables[part.name] = [time_part(part, w, timer, dtype)
-                                   for w in table.widths[part.group]]
+        if part.input_group is None:
+            table.tables[part.name] = [time_part(part, w, timer, dtype)
+                                       for w in table.widths[part.group]]
+        else:
+            settings = token_part(table.structure, part.input_group).settings
+            table.tables[part.name] = [[time_part(at_setting(part, s), w, timer, dtype)
+                                        for s in settings] for w in table.widths[part.group]]
         if save:
             save()
 

@@ -12,7 +12,7 @@ import torch
 
 from mmdp.fileio import atomic_write_json
 from mmdp.structure import Structure
-from mmdp.structure.head import ATTENTION
+from mmdp.structure.head import ATTENTION, TOKENS
 
 from mmdp.runtime.runtimes import RUNTIME_OF_MODE, TABLE_RUNTIMES
 
@@ -42,10 +42,12 @@ def width_grid(full: int, step: int) -> list:
 
 def profiled_widths(structure: Structure, step: int) -> dict:
     """Widths a table holds per group: every head count of an attention (heads are few and each
-    one counts), the `step` grid of `width_grid` for channels and hidden units."""
+    one counts), every allowed setting of a token group (named by its learnable queries), the
+    `step` grid of `width_grid` for channels and hidden units."""
     heads = {p.group for p in structure.parts if p.kind == ATTENTION}
-    return {g: list(range(1, full + 1)) if g in heads else width_grid(full, step)
-            for g, full in structure.groups.items()}
+    tokens = {p.group: [s[0] for s in p.settings] for p in structure.parts if p.kind == TOKENS}
+    return {g: tokens[g] if g in tokens else list(range(1, full + 1)) if g in heads
+            else width_grid(full, step) for g, full in structure.groups.items()}
 
 
 def make_meta(device, dtype: str, input_shape, step: int, runtime: str, repeats: int,

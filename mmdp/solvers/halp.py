@@ -10,6 +10,11 @@ with, which is T[k][current] whenever the table grows with the input width (the 
 rule) and keeps the answer within budget when a measured table does not. The recomputed
 latency of the answer is therefore never above the knapsack's.
 
+A token group (a whole-detector problem's token setting, docs/problem-format.md) is one more
+item family, chosen like a width; the decoder parts that read it are priced at its frozen
+current setting, as a conv is at its frozen input width, so a smaller setting is credited with
+the token layer's own saving only.
+
 Latency is discretised: a group's cost above its cheapest width is rounded UP to a multiple of
 `resolution` and the budget left over is rounded DOWN, so any answer of the integer knapsack
 truly fits; the price is that a choice within one `resolution` per group of the budget may be

@@ -39,6 +39,29 @@ def read_json(path) -> dict:
     return data
 
 
+def _parse_settings(group: str, settings, n_widths: int) -> list:
+    """A token group's settings: one {count name: non-negative integer} per width, all with
+    the same names (e.g. num_query, num_propagated, memory_len)."""
+    where = f"group '{group}' (kind 'tokens')"
+    if not isinstance(settings, list) or len(settings) != n_widths:
+        found = len(settings) if isinstance(settings, list) else repr(settings)
+        raise ProblemError(f"{where}: 'settings' must list one setting per width ({n_widths}), "
+                           f'found {found}')
+    names = None
+    for k, setting in enumerate(settings):
+        if (not isinstance(setting, dict) or not setting
+                or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0
+                           for v in setting.values())):
+            raise ProblemError(f"{where}: 'settings'[{k}] must map count names to non-negative "
+                               f'integers, found {setting!r}')
+        if names is None:
+            names = sorted(setting)
+        elif sorted(setting) != names:
+            raise ProblemError(f"{where}: 'settings'[{k}] counts {sorted(setting)}, "
+                               f"'settings'[0] counts {names}")
+    return [dict(s) for s in settings]
+
+
 @dataclass
 class Layer:
     """One layer of the problem; arrays are indexed by width position (see the format doc)."""
@@ -98,11 +121,11 @@ class Problem:
         blocks = cls._parse_blocks(data['blocks'], layers)
         extra = {k: v for k, v in data.items()
                  if k not in ('version', 'budget', 'groups', 'layers', 'blocks')}
-        info = cls._parse_group_info(data['groups']) if data['version'] >= 2 else {}
+        info = cls._parse_group_info(data['groups'], groups) if data['version'] >= 2 else {}
         return cls(data['budget'], groups, layers, blocks, extra, info, data['version'])
 
     @staticmethod
-    def _parse_group_info(raw: dict) -> dict:
+    def _parse_group_info(raw: dict, groups: dict) -> dict:
         info = {}
         for name, spec in raw.items():
             kind, unit = spec.get('kind', 'channels'), spec.get('unit', 1)
@@ -113,6 +136,12 @@ class Problem:
                 raise ProblemError(f"group '{name}': 'unit' must be a positive integer, "
                                    f'found {unit!r}')
             info[name] = {'kind': kind, 'unit': unit}
+            if kind == 'tokens':
+                info[name]['settings'] = _parse_settings(name, spec.get('settings'),
+                                                         len(groups[name]))
+            elif 'settings' in spec:
+                raise ProblemError(f"group '{name}': 'settings' belongs to a group of kind "
+                                   f"'tokens', this one is {kind!r}")
         return info
 
     @staticmethod

@@ -108,33 +108,63 @@ def resnet_problem(depth: int = 50, chunk: int = 32, removable_blocks: bool = Tr
     return problem.with_budget(budget_ratio * problem.dense_latency())
 
 
-def _head_layers(rng, chunk: int, per_flop: float, constant: float, tokens: int = 4224,
-                 queries: int = 428, keys: int = 812, layers: int = 6, embed: int = 256,
-                 hidden: int = 1024, ffn: int = 2048, heads: int = 8, head_dims: int = 32,
-                 pe_in: int = 192) -> tuple:
-    """(groups, layers, blocks) of StreamPETR's head at its published shapes: the position
-    encoder over every image token, and per decoder layer an FFN and a self- and a
-    cross-attention whose head counts are chosen one by one."""
-    groups, out, blocks = {}, [], []
+# StreamPETR's token settings (num_query, num_propagated, memory_len), the dense one last; the
+# group's width is the setting's number of learnable queries (docs/problem-format.md).
+TOKEN_SETTINGS = ((100, 32, 128), (150, 64, 256), (200, 64, 384), (250, 128, 512),
+                  (300, 128, 512))
+TOKEN_COUNTS = ('num_query', 'num_propagated', 'memory_len')
 
-    def add(name, group, block, widths, macs_per_unit, units, kind, unit=1):
+
+def _head_layers(rng, chunk: int, per_flop: float, constant: float, tokens: int = 4224,
+                 settings=TOKEN_SETTINGS, layers: int = 6, embed: int = 256,
+                 hidden: int = 1024, ffn: int = 2048, heads: int = 8, head_dims: int = 32,
+                 pe_in: int = 192, classes: int = 10) -> tuple:
+    """(groups, layers, blocks) of StreamPETR's head at its published shapes: the position
+    encoder over every image token, the token setting (learnable queries, propagated queries,
+    memory length) as one group, and per decoder layer an FFN and a self- and a
+    cross-attention whose head counts are chosen one by one; every decoder part's cost is a
+    table over (its width, the token setting)."""
+    groups, out, blocks = {}, [], []
+    queries = np.array([q + p for q, p, _ in settings], dtype=float)  # queries per setting
+    keys = np.array([q + m for q, _, m in settings], dtype=float)  # self-attention keys
+
+    def add(name, group, block, widths, macs, units, kind, unit=1, tokens=True):
+        """`macs(width)`: multiply-accumulates at each token setting (or a number)."""
         groups[group] = dict(widths=widths, kind=kind, unit=unit)
-        cost = per_flop * macs_per_unit * np.asarray(widths, dtype=float) + constant
+        cost = per_flop * np.array([np.broadcast_to(macs(w), len(settings) if tokens else ())
+                                    for w in widths], dtype=float) + constant
         cost *= rng.lognormal(0.0, 0.05, cost.shape)
-        out.append(dict(name=name, group=group, input_group=None, block=block,
-                        importance=_importance(rng, units, widths), latency=cost.tolist()))
+        out.append(dict(name=name, group=group, input_group='head.tokens' if tokens else None,
+                        block=block, importance=_importance(rng, units, widths),
+                        latency=cost.tolist()))
     add('head.position_encoder', 'head.position_encoder.hidden', None,
-        list(range(chunk, hidden + 1, chunk)), tokens * (pe_in + embed), hidden, 'hidden')
+        list(range(chunk, hidden + 1, chunk)), lambda w: tokens * (pe_in + embed) * w, hidden,
+        'hidden', tokens=False)
+    # The token setting's own layer: the query embedding over the learnable queries and the
+    # memory, the shared class and box branches over every layer's queries.
+    nq, npr, ml = (np.array(c) for c in zip(*settings))
+    full_q, full_p, full_m = settings[-1]
+    value = (np.array(_importance(rng, full_q, nq.tolist()))
+             + np.array(_importance(rng, full_m, npr.tolist()))
+             + np.array(_importance(rng, full_m, ml.tolist())))
+    macs = keys * (embed * 3 // 2 + embed) * embed + layers * queries * embed * (
+        4 * embed + classes + 10)
+    cost = (per_flop * macs + constant) * rng.lognormal(0.0, 0.05, len(settings))
+    groups['head.tokens'] = dict(widths=nq.tolist(), kind='tokens', unit=1,
+                                 settings=[dict(zip(TOKEN_COUNTS, map(int, s)))
+                                           for s in settings])
+    out.append(dict(name='head.tokens', group='head.tokens', input_group=None, block=None,
+                    importance=value.tolist(), latency=cost.tolist()))
     for i in range(layers):
         block = f'head.decoder.layers.{i}'
         blocks.append(block)
         add(f'{block}.ffn', f'{block}.ffn.hidden', block, list(range(chunk, ffn + 1, chunk)),
-            queries * 2 * embed, ffn, 'hidden')
+            lambda w: queries * 2 * embed * w, ffn, 'hidden')
         for name, k in (('self_attn', keys), ('cross_attn', tokens)):
             # q and out projections over the queries, k and v over the keys, QK^T and AV.
-            macs = head_dims * (2 * queries * embed + 2 * k * embed + 2 * queries * k)
             add(f'{block}.{name}', f'{block}.{name}.heads', block, list(range(1, heads + 1)),
-                macs, heads, 'heads', head_dims)
+                lambda w, k=k: head_dims * w * (2 * queries * embed + 2 * k * embed
+                                                + 2 * queries * k), heads, 'heads', head_dims)
     return groups, out, blocks
 
 
@@ -142,8 +172,9 @@ def whole_detector_problem(depth: int = 50, chunk: int = 32, budget_ratio: float
                            seed: int = 0) -> Problem:
     """`resnet_problem`'s backbone, the neck's lateral convs (1x1 to 256 channels from the
     stride-16 and stride-32 stages, cost per backbone width) and StreamPETR's head
-    (`_head_layers`) at 704x256, with the same cost per multiply-accumulate and launch constant,
-    in one version-2 problem. Budget = `budget_ratio` x dense."""
+    (`_head_layers`, token settings included) at 704x256, with the same cost per
+    multiply-accumulate and launch constant, in one version-2 problem. Budget =
+    `budget_ratio` x dense."""
     backbone = resnet_problem(depth, chunk, True, 1.0, seed=seed).to_dict()
     rng = np.random.default_rng(seed + 1)
     bottleneck, _ = RESNETS[depth]
@@ -195,19 +226,25 @@ def _per_flop(depth: int, image_size=(256, 704)) -> float:
 def random_problem(rng: np.random.Generator, max_groups: int = 4, max_widths: int = 4,
                    max_layers: int = 6, max_blocks: int = 2, coupling: bool = True,
                    monotone: bool = False, integer: bool = False,
-                   budget_span=(-0.15, 1.0)) -> Problem:
+                   budget_span=(-0.15, 1.0), tokens: bool = False) -> Problem:
     """A tiny random problem, small enough for the exhaustive solver.
 
     `coupling`: layers may read an input group; `monotone`: latency grows with both widths;
     `integer`: integer latency entries (so that a knapsack at resolution 1 is exact). The
     budget lies at a random point of `budget_span` between the smallest latency reachable (0)
-    and the dense latency (1): below 0 it is infeasible.
+    and the dense latency (1): below 0 it is infeasible. `tokens`: one more group, 'tokens', of
+    kind 'tokens' (2 or 3 settings of num_query and memory_len), which the last layer reads as
+    its input (a decoder part's T[width][token setting]); a version-2 problem.
     """
     n_groups = int(rng.integers(1, max_groups + 1))
     groups = {}
     for g in range(n_groups):
         n = int(rng.integers(1, max_widths + 1))
         groups[f'g{g}'] = sorted(rng.choice(np.arange(1, 9), size=n, replace=False).tolist())
+    if tokens:
+        groups['tokens'] = sorted(rng.choice(np.arange(1, 9), size=int(rng.integers(2, 4)),
+                                             replace=False).tolist())
+        n_groups += 1
     names = list(groups)
     n_blocks = int(rng.integers(0, max_blocks + 1))
     block_names = [f'b{b}' for b in range(n_blocks)]
@@ -217,6 +254,8 @@ def random_problem(rng: np.random.Generator, max_groups: int = 4, max_widths: in
         group = names[int(rng.integers(n_groups))]
         input_group = (names[int(rng.integers(n_groups))]
                        if coupling and rng.random() < 0.7 else None)
+        if tokens and i == n_layers - 1:
+            group, input_group = names[int(rng.integers(n_groups - 1))], 'tokens'
         # Every listed block gets a layer; other layers may sit in an unlisted block.
         block = (block_names[i] if i < n_blocks else
                  rng.choice(block_names + [None, 'fixed']) if n_blocks else None)
@@ -235,6 +274,10 @@ def random_problem(rng: np.random.Generator, max_groups: int = 4, max_widths: in
                            else table.tolist()))
     data = dict(version=1, budget=0.0, groups={g: dict(widths=ws) for g, ws in groups.items()},
                 layers=layers, blocks=block_names)
+    if tokens:
+        data['version'] = 2
+        data['groups']['tokens'].update(kind='tokens', settings=[
+            dict(num_query=w, memory_len=2 * w) for w in groups['tokens']])
     problem = Problem.from_dict(data)
     smallest = min(problem.evaluate(dict(zip(names, ws)), removed)[1]
                    for ws in itertools.product(*groups.values())

@@ -12,7 +12,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from .choice import StructureChoice
 from .derive import Structure
-from .head import ATTENTION, DECODER_LAYER, MLP
+from .head import ATTENTION, DECODER_LAYER, MLP, TOKENS, token_setting
 
 
 class IdentityResidual(nn.Module):
@@ -43,7 +43,8 @@ def part_features(part, kept: list) -> torch.Tensor:
 
 def _slice_part(model: nn.Module, part, kept: list) -> None:
     """Slice a head part to its kept units: an MLP's hidden features, an attention's heads
-    (q/k/v output rows and out_proj input columns; the module's head count follows)."""
+    (q/k/v output rows and out_proj input columns; the module's head count follows), the
+    learnable queries of a token setting (the head's counts follow)."""
     idx = part_features(part, kept)
     if part.kind == MLP:
         _slice_layer(_get(model, part.modules[0], nn.Linear), out_idx=idx)
@@ -53,6 +54,9 @@ def _slice_part(model: nn.Module, part, kept: list) -> None:
             _slice_layer(_get(model, path, nn.Linear), out_idx=idx)
         _slice_layer(_get(model, part.modules[3], nn.Linear), in_idx=idx)
         model.get_submodule(part.name).num_heads = len(kept)
+    elif part.kind == TOKENS:
+        model.get_submodule(part.modules[0]).prune_tokens(
+            kept, *token_setting(part, len(kept))[1:])
 
 
 def _resolver(structure: Structure, backbone_only: bool):

@@ -7,6 +7,15 @@ neck conv whose input width is a backbone group. Each part's units form a group 
 `Structure.groups` like a conv's channels, and a decoder layer is a removable `Block` of kind
 'decoder_layer' (removed, it passes its query on). Shapes are the real ones: recorded by forward
 hooks during one inference frame at the structure's input size.
+
+With the head's `token_settings`, the token counts are one more part, 'tokens': its group
+chooses one setting (num_query, num_propagated, memory_len) among the allowed ones, its width
+being the setting's number of learnable queries (the settings have distinct ones), and every
+decoder part names that group as its `input_group`, so that its cost is a table over (its own
+width, the token setting), as a conv's is over (output, input) widths. Its units are the
+learnable queries (ranked by importance, the top `num_query` kept) followed by the memory
+slots (kept by position: propagated ones first, then the older ones; see
+mmdp/importance/scores.py).
 """
 from dataclasses import dataclass
 from typing import Optional
@@ -14,7 +23,10 @@ from typing import Optional
 import torch
 from torch import nn
 
-MLP, ATTENTION, NECK_CONV = 'mlp', 'attention', 'neck_conv'
+MLP, ATTENTION, NECK_CONV, TOKENS = 'mlp', 'attention', 'neck_conv', 'tokens'
+# Row counts a token-following shape has at a setting (num_query, num_propagated, memory_len):
+# the decoder's queries, and self-attention's keys (the queries and the memory).
+ROWS = {'queries': lambda q, p, m: q + p, 'keys': lambda q, p, m: q + m}
 DECODER_LAYER = 'decoder_layer'
 
 
@@ -36,21 +48,65 @@ class Part:
     shapes: tuple
     bias: bool = True  # whether its Linears have biases
     out_features: int = 0  # the width it returns (embed dims; a neck conv's output channels)
-    # The group whose choice multiplies its cost besides its own (a token count; none yet):
-    # with it the part's latency is a table over (own width, input_group width), as a conv's.
+    # The group whose choice multiplies its cost besides its own (the token setting): with it
+    # the part's latency is a table over (own width, input_group width), as a conv's.
     input_group: Optional[str] = None
+    # Per shape, the ROWS key its row count (dim -2) follows, or None (fixed).
+    token_axes: tuple = ()
+    # The token part's allowed (num_query, num_propagated, memory_len), ascending, dense last.
+    settings: tuple = ()
 
 
-def _attention_parts(layer_path: str, layer: nn.Module, block: str) -> list:
+def _attention_parts(layer_path: str, layer: nn.Module, block: str,
+                     tokens: Optional[str]) -> list:
     parts = []
-    for attr in ('self_attn', 'cross_attn'):
+    for attr, axes in (('self_attn', ('queries', 'keys')), ('cross_attn', ('queries', None))):
         attn = getattr(layer, attr)
         path = f'{layer_path}.{attr}'
         mods = tuple(f'{path}.{m}' for m in ('q_proj', 'k_proj', 'v_proj', 'out_proj'))
         head = attn.q_proj.out_features // attn.num_heads
         parts.append(Part(path, ATTENTION, f'{path}.heads', block, mods, attn.num_heads, head,
-                          mods[3], (), attn.q_proj.bias is not None, attn.out_proj.out_features))
+                          mods[3], (), attn.q_proj.bias is not None, attn.out_proj.out_features,
+                          tokens, axes if tokens else ()))
     return parts
+
+
+def _token_part(net: nn.Module, head: str, p: str) -> Part:
+    """The token setting of a head with `token_settings`: units are its learnable queries, then
+    its memory slots; the gate reads the decoder's inputs."""
+    settings = tuple(tuple(s) for s in net.token_settings)
+    num_query, _, memory_len = settings[-1]
+    return Part(f'{p}tokens', TOKENS, f'{p}tokens', None,
+                (head, f'{p}reference_points', f'{p}query_embedding.0', f'{p}cls_branches.0.0'),
+                num_query + memory_len, 1, f'{p}decoder', (), True, net.num_classes, None,
+                ('keys', 'queries'), settings)
+
+
+def token_part(structure, group: str) -> Part:
+    """The token part whose group is `group`."""
+    found = [p for p in structure.parts if p.kind == TOKENS and p.group == group]
+    if not found:
+        raise KeyError(f'no token part has group {group!r}')
+    return found[0]
+
+
+def token_setting(part: Part, width: int) -> tuple:
+    """(num_query, num_propagated, memory_len) of the setting with `width` learnable queries."""
+    for setting in part.settings:
+        if setting[0] == width:
+            return tuple(setting)
+    raise ValueError(f'{part.group}: no token setting has {width} learnable queries (allowed: '
+                     f'{[s[0] for s in part.settings]})')
+
+
+def at_setting(part: Part, setting) -> Part:
+    """`part` with its token-following shapes at `setting` (num_query, num_propagated,
+    memory_len): what it processes when the head runs with those counts."""
+    shapes = list(part.shapes)
+    for i, axis in enumerate(part.token_axes):
+        if axis is not None:
+            shapes[i] = (*shapes[i][:-2], ROWS[axis](*setting), shapes[i][-1])
+    return _replace(part, shapes=tuple(shapes))
 
 
 def head_parts(model: nn.Module, head: str = 'pts_bbox_head') -> tuple:
@@ -60,6 +116,7 @@ def head_parts(model: nn.Module, head: str = 'pts_bbox_head') -> tuple:
     net = model.get_submodule(head)
     p = f'{head}.' if head else ''
     groups, parts, blocks = {}, [], []
+    tokens = f'{p}tokens' if getattr(net, 'token_settings', None) else None
     pe = net.position_encoder
     parts.append(Part(f'{p}position_encoder', MLP, f'{p}position_encoder.hidden', None,
                       (f'{p}position_encoder.0', f'{p}position_encoder.2'),
@@ -71,10 +128,13 @@ def head_parts(model: nn.Module, head: str = 'pts_bbox_head') -> tuple:
         parts.append(Part(f'{path}.ffn', MLP, f'{path}.ffn.hidden', path,
                           (f'{path}.ffn.0', f'{path}.ffn.3'), layer.ffn[0].out_features, 1,
                           f'{path}.ffn.3', (), layer.ffn[0].bias is not None,
-                          layer.ffn[3].out_features))
-        parts += _attention_parts(path, layer, path)
+                          layer.ffn[3].out_features, tokens, ('queries',) if tokens else ()))
+        parts += _attention_parts(path, layer, path, tokens)
     for part in parts:
         groups[part.group] = part.units
+    if tokens:
+        parts.append(_token_part(net, head, p))
+        groups[tokens] = parts[-1].settings[-1][0]  # its width counts the learnable queries
     return groups, parts, blocks
 
 
@@ -104,6 +164,8 @@ def record_part_shapes(model: nn.Module, parts: list, input_shape) -> list:
             wanted[part.modules[0]] = None
         elif part.kind == ATTENTION:
             wanted[part.modules[0]] = wanted[part.modules[1]] = None
+        elif part.kind == TOKENS:
+            wanted[part.modules[2]] = wanted[part.modules[3]] = None
     shapes, handles = {}, []
 
     def recorder(path):
@@ -131,8 +193,16 @@ def record_part_shapes(model: nn.Module, parts: list, input_shape) -> list:
             part = _replace(part, shapes=(shapes[part.modules[0]], ))
         elif part.kind == ATTENTION:
             part = _replace(part, shapes=(shapes[part.modules[0]], shapes[part.modules[1]]))
+        elif part.kind == TOKENS:
+            # The query embedding runs over the learnable queries and (a second call) the
+            # memory: timed as one call over both, the 'keys' rows.
+            part = at_setting(_replace(part, shapes=(shapes[part.modules[2]],
+                                                     shapes[part.modules[3]])),
+                              part.settings[-1])
         out.append(part)
-    return out
+    # Recorded at the head's counts of the moment; the tables start from the dense setting.
+    dense = {p.group: p.settings[-1] for p in out if p.kind == TOKENS}
+    return [at_setting(p, dense[p.input_group]) if p.input_group in dense else p for p in out]
 
 
 def _replace(part: Part, **changes) -> Part:

@@ -36,7 +36,11 @@ class StreamPETRHead(BaseModule):
     j mod N (`intrinsic.repeat(1, H*W, 1)` in the official head), not those of its own view;
     the published weights were trained with it. True gives each token its own view's.
     `cone_depth_bins`: the two depth bins whose ray points enter the spatial alignment; None
-    means the official ones, the last bin and the one 29 before it (63 and 34 of 64)."""
+    means the official ones, the last bin and the one 29 before it (63 and 34 of 64).
+    `token_settings`: the (num_query, num_propagated, memory_len) a whole-detector pruning run
+    may choose from (the dense one is added; mmdp/structure/head.py); None: token counts are
+    not pruned. `use_tokens` runs the head at a setting with its dense parameters (the masked
+    model), `prune_tokens` slices it to one (the exported model)."""
 
     def __init__(self,
                  num_classes=10,
@@ -59,6 +63,7 @@ class StreamPETRHead(BaseModule):
                  code_weights=(2.0, 2.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0),
                  per_view_intrinsics=False,
                  cone_depth_bins=None,
+                 token_settings=None,
                  decoder=dict(type='StreamTemporalDecoder'),
                  assigner=dict(type='StreamHungarianAssigner3D'),
                  bbox_coder=dict(type='StreamNMSFreeCoder',
@@ -73,6 +78,9 @@ class StreamPETRHead(BaseModule):
         self.num_classes, self.embed_dims = num_classes, embed_dims
         self.num_query, self.num_propagated = num_query, num_propagated
         self.memory_len, self.topk_proposals = memory_len, topk_proposals
+        self.query_index = None  # the learnable queries in use (None: all, in order)
+        self.token_settings = None if token_settings is None else self._check_token_settings(
+            token_settings)
         self.depth_num, self.depth_start = depth_num, depth_start
         self.per_view_intrinsics = per_view_intrinsics
         if cone_depth_bins is None:
@@ -101,6 +109,65 @@ class StreamPETRHead(BaseModule):
         self.loss_bbox = MODELS.build(loss_bbox)
         self._init_layers(num_reg_fcs, in_channels)
         self.reset_memory()
+
+    def _check_token_settings(self, settings) -> tuple:
+        dense = (self.num_query, self.num_propagated, self.memory_len)
+        out = {dense}
+        for s in settings:
+            s = tuple(int(c) for c in (s.values() if isinstance(s, dict) else s))
+            if (len(s) != 3 or not 1 <= s[0] <= dense[0] or not 0 <= s[1] <= dense[1]
+                    or not max(s[1], self.topk_proposals) <= s[2] <= dense[2]):
+                raise ValueError(
+                    f'token_settings: {s} is not (num_query, num_propagated, memory_len) with '
+                    f'1 <= num_query <= {dense[0]}, 0 <= num_propagated <= {dense[1]} and '
+                    f'max(num_propagated, topk_proposals={self.topk_proposals}) <= memory_len '
+                    f'<= {dense[2]}')
+            out.add(s)
+        queries = sorted(s[0] for s in out)
+        if len(set(queries)) != len(queries):
+            raise ValueError(f'token_settings: two settings have the same num_query '
+                             f'({sorted(out)}); a setting is named by its learnable queries')
+        return tuple(sorted(out))
+
+    def use_tokens(self, queries=None, num_propagated=None, memory_len=None) -> tuple:
+        """Run with the learnable queries `queries` (indices of `reference_points`; None: all)
+        and the given counts (None: as built), keeping every parameter; the memory restarts.
+        Returns the previous (queries, num_query, num_propagated, memory_len), which
+        `restore_tokens` takes."""
+        previous = (self.query_index, self.num_query, self.num_propagated, self.memory_len)
+        full = self.reference_points.num_embeddings
+        self.query_index = None if queries is None else torch.as_tensor(
+            list(queries), dtype=torch.long, device=self.reference_points.weight.device)
+        self.num_query = full if queries is None else len(self.query_index)
+        self.num_propagated = (self.num_propagated if num_propagated is None
+                               else int(num_propagated))
+        self.memory_len = self.memory_len if memory_len is None else int(memory_len)
+        self.reset_memory()
+        return previous
+
+    def restore_tokens(self, previous: tuple) -> None:
+        self.query_index, self.num_query, self.num_propagated, self.memory_len = previous
+        self.reset_memory()
+
+    def prune_tokens(self, queries, num_propagated: int, memory_len: int) -> None:
+        """Keep only the learnable queries `queries` and the first `num_propagated` pseudo
+        points, and run with `memory_len` slots (the exported head)."""
+        idx = torch.as_tensor(list(queries), dtype=torch.long)
+        weight = self.reference_points.weight
+        self.reference_points = nn.Embedding.from_pretrained(
+            weight.detach()[idx.to(weight.device)].clone(), freeze=not weight.requires_grad)
+        if num_propagated > 0:
+            pseudo = self.pseudo_reference_points.weight.detach()[:num_propagated].clone()
+            self.pseudo_reference_points = nn.Embedding.from_pretrained(pseudo, freeze=True)
+        elif self.num_propagated > 0:
+            del self.pseudo_reference_points
+        self.num_query, self.num_propagated = len(idx), int(num_propagated)
+        self.memory_len, self.query_index, self.token_settings = int(memory_len), None, None
+        self.reset_memory()
+
+    def learnable_reference_points(self):
+        weight = self.reference_points.weight
+        return weight if self.query_index is None else weight[self.query_index]
 
     def _init_layers(self, num_reg_fcs, in_channels):
         c = self.embed_dims
@@ -170,8 +237,8 @@ class StreamPETRHead(BaseModule):
         if self.num_propagated > 0:
             # Slots without a past get learned pseudo points, so propagated queries still exist.
             p = self.num_propagated
-            pseudo = self.pseudo_reference_points.weight * (self.pc_range[3:] - self.pc_range[:3]) \
-                + self.pc_range[:3]
+            pseudo = self.pseudo_reference_points.weight[:p] * (
+                self.pc_range[3:] - self.pc_range[:3]) + self.pc_range[:3]
             ref = torch.cat([ref[:, :p] + (1 - x) * pseudo, ref[:, p:]], 1)
             eye = torch.eye(4, device=ref.device)
             egopose = torch.cat([egopose[:, :p] + (1 - x)[..., None] * eye, egopose[:, p:]], 1)
@@ -314,7 +381,7 @@ class StreamPETRHead(BaseModule):
         tokens = self.spatial_alignment(self.memory_embed(tokens), cone)
         pos_embed = self.featurized_pe(pos_embed, tokens)
 
-        ref, blocked, dn = self._prepare_for_dn(b, self.reference_points.weight, gt_bboxes,
+        ref, blocked, dn = self._prepare_for_dn(b, self.learnable_reference_points(), gt_bboxes,
                                                 gt_labels)
         query_pos = self.query_embedding(pos2posemb3d(ref))
         tgt = torch.zeros_like(query_pos)
