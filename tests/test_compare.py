@@ -39,3 +39,41 @@ def test_kept_importance_counts_the_kept_units_of_every_layer(structure):
 def test_a_removed_block_loses_everything_inside_it(structure):
     choice = StructureChoice({'g': 2}, ('b',), {'g': [0, 2]})
     assert kept_importance(structure, SALIENCY, choice) == pytest.approx(10 / 20)
+
+
+def test_a_whole_detector_table_gives_the_backbone_table_of_the_same_timings(tmp_path):
+    """compare_methods profiles once: its backbone-only methods price with the backbone part."""
+    import subprocess
+    import sys
+
+    from mmdet3d.registry import MODELS
+    from mmengine.registry import init_default_scope
+
+    from mmdp.config_utils import load_config
+    from mmdp.latency import BilinearLutLatency, LatencyTable
+    from mmdp.structure import derive_structure
+
+    shape = (6, 3, 64, 128)
+    whole_path = str(tmp_path / 'whole.json')
+    subprocess.run([sys.executable, 'tools/profile_latency.py',
+                    'configs/streampetr_mdp45_whole_small_cpu.py', '--out', whole_path,
+                    '--step', '512', '--repeats', '1', '--warmup', '0', '--samples', '3',
+                    '--input-shape', *map(str, shape)], check=True, capture_output=True)
+    whole = LatencyTable.load(whole_path)
+    backbone = whole.backbone_only()
+    backbone.save(str(tmp_path / 'backbone.json'))
+    cfg = load_config('configs/streampetr_r50_small_cpu.py')
+    init_default_scope('mmdet3d')
+    structure = derive_structure(MODELS.build(cfg.model), shape)
+    LatencyTable.load(str(tmp_path / 'backbone.json')).check_structure(structure)
+    assert not backbone.structure.parts and whole.structure.parts
+    assert backbone.structure.groups == structure.groups
+    assert [b.name for b in backbone.structure.blocks] == [b.name for b in structure.blocks]
+    dense = StructureChoice()
+    ms_backbone = BilinearLutLatency(backbone, fitted=False).predict(dense)
+    full = whole.structure.groups
+    ms_parts = sum(float(np.ravel(whole.conv_ms(
+        p, [full[p.group]], [full[p.input_group]] if p.input_group else None))[0])
+        for p in whole.structure.parts)
+    assert BilinearLutLatency(whole, fitted=False).predict(dense) == pytest.approx(
+        ms_backbone + ms_parts)

@@ -4,7 +4,7 @@ of where and how they were measured."""
 import datetime
 import json
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Optional
 
 import numpy as np
@@ -91,6 +91,21 @@ class LatencyTable:
     @classmethod
     def new(cls, structure: Structure, meta: dict) -> 'LatencyTable':
         return cls(meta, structure, profiled_widths(structure, meta['step']))
+
+    def backbone_only(self) -> 'LatencyTable':
+        """This whole-detector table without its head and neck parts and decoder layers: the
+        table a backbone-only run prices with, from the same conv timings. The end-to-end
+        samples, their fits and the dense time include the parts, so they are dropped."""
+        layer_groups = {layer.group for layer in self.structure.layers}
+        dropped = {p.group for p in self.structure.parts} - layer_groups
+        structure = replace(
+            self.structure, parts=[],
+            groups={g: n for g, n in self.structure.groups.items() if g not in dropped},
+            blocks=[b for b in self.structure.blocks if b.layers])
+        names = {layer.name for layer in structure.layers}
+        return LatencyTable(dict(self.meta), structure,
+                            {g: w for g, w in self.widths.items() if g not in dropped},
+                            {k: v for k, v in self.tables.items() if k in names})
 
     @property
     def complete(self) -> bool:
