@@ -102,7 +102,8 @@ def tp_choice(view: PruningView, structure: Structure, ratio: float, round_to: i
     for group in pruner.step(interactive=True):
         for item in group:
             module = item.dep.target.module
-            if (isinstance(module, nn.Conv2d)
+            # A group with no channel under the threshold comes with empty indices.
+            if (len(item.idxs) and isinstance(module, nn.Conv2d)
                     and pruner.DG.is_out_channel_pruning_fn(item.dep.handler)):
                 pruned[names[module]] = sorted(int(i) for i in item.idxs)
         if prune:
