@@ -13,7 +13,6 @@ import pytest
 import torch
 from mmengine.config import Config
 
-from mmdp.config_utils import load_config
 from mmdp.export import export_pruned
 from mmdp.latency import BilinearLutLatency
 from mmdp.pruning import CHECKPOINT_KEY, PruningMasks, PruningState
@@ -237,3 +236,13 @@ def test_training_prunes_with_torch_pruning_and_exports(run, tmp_path):
     small.load_state_dict(load_ckpt(ckpt)['state_dict'], strict=True)
     assert sum(p.numel() for p in small.img_backbone.parameters()) < sum(
         p.numel() for p in model.img_backbone.parameters())
+
+
+def test_resume_inside_the_window_goes_on_with_the_gradients(run, nusc_infos, table, tmp_path):
+    work = str(tmp_path)
+    train(work, nusc_infos, table, 'train_cfg.max_iters=4', 'default_hooks.checkpoint.interval=4',
+          '--resume', osp.join(run['work'], 'iter_2.pth'))
+    with open(osp.join(work, 'pruning', 'event1_iter3_summary.json')) as f:
+        summary = json.load(f)
+    assert summary['gradient_contributions'] == 3  # 2 restored + 1 collected
+    assert summary['problem_latency_ms'] <= summary['budget_ms'] * (1 + 1e-9)
