@@ -11,6 +11,7 @@ those of `PruningHook`. The event writes the problem of mmdp's saliency (as MDP'
 summary that adds the ratio, the search and the kept importance under mmdp's saliency.
 """
 import time
+from importlib.metadata import version
 from typing import Optional, Union
 
 import torch
@@ -149,7 +150,8 @@ class TorchPruningHook(PruningHook):
         problem.save(f'{stem}_problem.json')
         atomic_write_json(f'{stem}_solution.json', {
             **solution.to_dict(), 'channels': choice.channels, 'pruning_ratio': ratio})
-        solver = {'type': 'torch-pruning', 'version': self.tp.__version__,
+        # The distribution's version: torch_pruning.__version__ of 1.6.1 still says 1.6.0.
+        solver = {'type': 'torch-pruning', 'version': version('torch-pruning'),
                   'pruner': 'MetaPruner', 'global_pruning': True, 'round_to': self.chunk,
                   'importance': {'type': 'GroupTaylorImportance', **self.importance_cfg}}
         summary = summarize(
