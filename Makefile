@@ -21,6 +21,7 @@ $(STAMP): requirements.txt constraints.txt setup.py
 	# mmdet3d pins open3d and others it does not need here: take it alone, then what it imports.
 	$(PIP) -q --no-deps mmdet3d==1.4.0 lyft-dataset-sdk==0.0.8
 	$(PIP) -q --no-build-isolation --no-deps -e .
+	$(PIP) -q torch-pruning  # the extra '.[torch-pruning]' (version in constraints.txt)
 	touch $(STAMP)
 
 demo: install

@@ -18,7 +18,7 @@ from mmdp.structure import derive_structure, prune_copy
 
 from .pruned_resnet import PROBE_SHAPE
 
-PRUNING_HOOKS = ('SaliencyHook', 'PruningHook', 'JointPruningHook')
+PRUNING_HOOKS = ('SaliencyHook', 'PruningHook', 'JointPruningHook', 'TorchPruningHook')
 EXPORT_IMPORT = 'mmdp.export'
 
 

@@ -176,8 +176,9 @@ class PruningHook(Hook):
             out = (f"{root}_{slug}_{self.latency_dtype}_{self.latency_runtime}_"
                    f"{'x'.join(map(str, shape))}_step{step}{ext or '.json'}")
         hooks = [h.get('type') for h in runner.cfg.get('custom_hooks', [])]
-        where = (f'custom_hooks.{hooks.index("PruningHook")}.latency_table'
-                 if 'PruningHook' in hooks else 'the PruningHook\'s latency_table')
+        name = type(self).__name__  # a subclass's config entry has its own type
+        where = (f'custom_hooks.{hooks.index(name)}.latency_table'
+                 if name in hooks else f'the {name}\'s latency_table')
         command = (f"python tools/profile_latency.py {runner.cfg.filename or 'CONFIG'} --out {out} "
                    f"--input-shape {' '.join(map(str, shape))} --step {step} "
                    f'--dtype {self.latency_dtype} --runtime {self.latency_runtime}')
