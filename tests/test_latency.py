@@ -214,3 +214,23 @@ def test_profile_resume_and_validate_tools(tmp_path):
     with pytest.raises(TableMismatchError, match='input_shape'):
         load_tool('validate_latency').main([str(config), '--table', str(out), '-n', '2',
                                             '--input-shape', '1', '3', '64', '64'])
+
+
+def test_validate_latency_on_random_whole_detectors(tmp_path):
+    """A whole-detector table is checked against whole pruned detectors timed end to end:
+    every sampled structure builds and runs, head dimensions included."""
+    config, shape = 'configs/streampetr_mdp45_whole_small_cpu.py', ['6', '3', '64', '128']
+    table = str(tmp_path / 'whole.json')
+    load_tool('profile_latency').main([config, '--out', table, '--step', '512', '--repeats', '1',
+                                       '--warmup', '0', '--samples', '3', '--input-shape',
+                                       *shape])
+    report = load_tool('validate_latency').main([
+        config, '--table', table, '-n', '4', '--repeats', '2', '--warmup', '1',
+        '--input-shape', *shape, '--out-dir', str(tmp_path / 'validation')])
+    assert set(report['models']) == {'lut_bilinear', 'lut_linear', 'lut_sum', 'flops'}
+    head_groups = [g for g in report['samples'][0]['widths'] if g.startswith('pts_bbox_head')]
+    assert head_groups and len(report['samples']) == 4
+    assert all(s['measured_ms'] > 0 for s in report['samples'])
+    with pytest.raises(ValueError, match='whole-detector table is validated in --runtime torch'):
+        load_tool('validate_latency').main([config, '--table', table, '-n', '2', '--runtime',
+                                            'ort', '--input-shape', *shape])

@@ -1,4 +1,5 @@
-"""Check latency models against end-to-end timings of random pruned backbones.
+"""Check latency models against end-to-end timings of random pruned backbones (or, for a
+whole-detector table, random pruned detectors).
 
     python tools/validate_latency.py CONFIG --table TABLE -n 50 [--out-dir DIR]
         [--runtime torch|cudagraph|ort|trt]
@@ -9,6 +10,10 @@ each end to end, and reports per model the mean absolute percentage error (raw, 
 so that the dense backbone is exact) and the Spearman rank correlation. The end-to-end timings run
 in `--runtime`, the table's runtime (ort / trt: each pruned backbone exported to ONNX). Writes
 latency_validation.json and latency_validation.png to --out-dir (default: the table's folder).
+
+A whole-detector table (a config with `prunable_head`, or --head) is checked against whole
+pruned detectors (head widths, attention heads, decoder layers and token settings drawn too),
+each timed over one frame end to end in PyTorch eager, host code included.
 """
 import argparse
 import os
@@ -26,7 +31,8 @@ from tqdm import tqdm  # noqa: E402
 from mmdp.cli import check_device, check_writable, counts, entry  # noqa: E402
 from mmdp.latency import (  # noqa: E402
     DTYPES, BilinearLutLatency, FlopsLatency, LatencyTable, LinearLutLatency,
-    MeasuredLatency, build_from_config, device_name, sample_choices)
+    MeasuredDetectorLatency, MeasuredLatency, build_from_config, device_name, sample_choices)
+from mmdp.config_utils import load_config  # noqa: E402
 from mmdp.fileio import atomic_write, atomic_write_json  # noqa: E402
 from mmdp.runtime.runtimes import (TABLE_RUNTIMES, add_runtime_argument,  # noqa: E402
                                    check_runtime, resolve_runtime)
@@ -54,6 +60,8 @@ def parse_args(argv=None):
     parser.add_argument('--removal', type=float, default=0.25,
                         help='probability that a block is removed')
     parser.add_argument('--seed', type=int, default=1, help='differs from the profiling seed')
+    parser.add_argument('--head', help="the detector's head of a whole-detector table, e.g. "
+                        "pts_bbox_head; default: the config's `prunable_head`")
     parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
     parser.add_argument('--threads', type=counts(1),
                         help='CPU threads of torch and ONNX Runtime (torch.set_num_threads)')
@@ -95,18 +103,26 @@ def main(argv=None) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
     model, input_shape = build_from_config(args.config, args.input_shape)
-    structure = derive_structure(model, input_shape)
+    head = args.head or load_config(args.config).get('prunable_head')
+    if head and (args.runtime != 'torch' or args.dtype != 'fp32'):
+        raise ValueError(f'a whole-detector table is validated in --runtime torch --dtype fp32 '
+                         f'(the detector timed end to end), not {args.runtime} {args.dtype}')
+    structure = derive_structure(model, input_shape, head=head)
     backbone = model.get_submodule(structure.backbone) if structure.backbone else model
     table = LatencyTable.load(args.table, device=device_name(args.device),
                               input_shape=input_shape, runtime=args.runtime, dtype=args.dtype)
     table.check_structure(structure)
 
     def timed():
+        if head:
+            return MeasuredDetectorLatency(model, structure, args.device, args.repeats,
+                                           args.warmup)
         return MeasuredLatency(backbone, input_shape, structure, args.device, args.dtype,
                                args.mode, args.repeats, args.warmup)
     models = {'lut_bilinear': BilinearLutLatency(table), 'lut_linear': LinearLutLatency(table),
-              'lut_sum': BilinearLutLatency(table, fitted=False), 'flops': FlopsLatency(table),
-              'measured': timed()}
+              'lut_sum': BilinearLutLatency(table, fitted=False), 'flops': FlopsLatency(table)}
+    if not head:  # the measured model is the truth itself for a whole detector
+        models['measured'] = timed()
     truth = timed()
 
     dense = StructureChoice()
@@ -145,7 +161,8 @@ def main(argv=None) -> dict:
     atomic_write_json(os.path.join(args.out_dir, 'latency_validation.json'), report)
     save_plot(os.path.join(args.out_dir, 'latency_validation.png'), measured,
               predicted,
-              f'{structure.backbone or "backbone"} {list(input_shape)} {args.runtime} '
+              f'{"whole detector" if head else structure.backbone or "backbone"} '
+              f'{list(input_shape)} {args.runtime} '
               f'{args.dtype} ({kind})')
     print(f'saved {args.out_dir}/latency_validation.json and latency_validation.png')
     return report

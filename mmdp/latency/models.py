@@ -265,6 +265,30 @@ class MeasuredLatency:
         return self.timer(net, x)
 
 
+class MeasuredDetectorLatency:
+    """Builds the physically smaller detector (backbone, neck and head: a whole-detector
+    structure) and times one frame of it end to end, host code included (frame geometry, memory
+    queue, decoding), in PyTorch eager: what a whole-detector latency model predicts."""
+
+    def __init__(self, model: torch.nn.Module, structure: Structure, device='cpu',
+                 repeats: int = 50, warmup: int = 5):
+        if not structure.parts:
+            raise ValueError('MeasuredDetectorLatency times a whole-detector structure (one '
+                             "with the head's parts); a backbone structure: MeasuredLatency")
+        self.model, self.structure = model, structure
+        self.device = torch.device(device)
+        self.img_size = tuple(structure.input_shape[-2:])
+        self.timer = Timer(device, 'eager', repeats, warmup)
+
+    def predict(self, choice: StructureChoice) -> float:
+        from mmdp.runtime.detector import preprocessed_frames
+        net = prune_copy(self.model, self.structure, choice).to(self.device).eval()
+        frame, = preprocessed_frames(net, self.img_size, 1)
+        frame['inputs']['imgs'] = frame['inputs']['imgs'].to(self.device)
+        # Every call starts its memory afresh (same time stamp): each costs the same.
+        return self.timer(lambda data: net(**data, mode='predict'), frame)
+
+
 def fit_overheads(model: _LutModel, samples: list) -> dict:
     """Non-negative overhead coefficients (TERMS) fitted to end-to-end timings, minimising the
     squared relative error."""
