@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root
 import mmdp.checkpoint_compat  # noqa: E402,F401  (checkpoint loading on torch >= 2.6)
 import torch  # noqa: E402
 
-from mmdp.cli import UsageError  # noqa: E402
+from mmdp.cli import RunError, UsageError  # noqa: E402
 from mmdp.latency import LatencyTable  # noqa: E402
 from mmdp.pruning.state import CHECKPOINT_KEY, PruningState  # noqa: E402
 from mmdp.report import collect_run, write_report  # noqa: E402
@@ -47,7 +47,7 @@ METHODS = {
     'torchprune': 'configs/streampetr_torchprune45_small_cpu.py',
 }
 TABLE_STEP = 128  # channels between profiled widths: every method's chunk
-HALP_STEPS = 3  # HALP prunes iteratively: this many knapsack steps, one iteration apart
+HALP_STEPS = 10  # HALP prunes iteratively: this many knapsack steps, one iteration apart
 SEARCH_STEPS = 5  # JointPruning's search steps after the window
 
 
@@ -115,6 +115,41 @@ def jointprune_seconds(work_dir: str):
     return None
 
 
+def benchmark(name: str, config: str, checkpoint: str, work_dir: str) -> None:
+    """FPS and the per-part time breakdown of one model (fps.json in its work dir)."""
+    out = osp.join(work_dir, 'fps.json')
+    run(f'{name}: benchmark', ['tools/benchmark.py', config, checkpoint, '--fake-data',
+                               '--samples', '10', '--warmup', '2', '--threads', '1', '--out', out],
+        done=out)
+
+
+def run_method(name: str, args, dense_ckpt: str, tables: dict, work: str, no_val: str):
+    """Prune, fine-tune, export, evaluate, benchmark and time one method against dense."""
+    config, out = METHODS[name], osp.join(work, name)
+    iters = args.finetune_iters
+    run(f'{name}: pruning and fine-tuning', [
+        'tools/train.py', config, '--work-dir', out, '--cfg-options',
+        f'load_from={dense_ckpt}',
+        *method_options(name, args, tables['whole' if name == 'mdp_whole' else 'backbone']),
+        f'train_cfg.max_iters={iters}', f'default_hooks.checkpoint.interval={iters}',
+        no_val], done=osp.join(out, 'last_checkpoint'))
+    ckpt = last_checkpoint(out)
+    # JointPruning's sub-network may run at a smaller image size: its own final config.
+    source = (osp.join(out, 'jointprune_final_config.py') if name == 'jointprune'
+              else config)
+    export = osp.join(out, 'export')
+    run(f'{name}: export', ['tools/export_pruned.py', source, ckpt, '--out', export],
+        done=osp.join(export, 'pruned.py'))
+    pruned = (osp.join(export, 'pruned.py'), osp.join(export, 'pruned.pth'))
+    run(f'{name}: evaluation', ['tools/test.py', *pruned, '--work-dir', out])
+    benchmark(name, *pruned, out)
+    run(f'{name}: paired speed-up', [
+        'tools/speedup.py', *pruned, '--against', DENSE, dense_ckpt, '--rounds',
+        str(args.rounds), '--warmup', '3', '--threads', '1', '--out',
+        osp.join(out, 'speedup.json')], done=osp.join(out, 'speedup.json'))
+    return name, out, ckpt
+
+
 def main(argv=None):
     args = parse_args(argv)
     work = args.out
@@ -130,6 +165,7 @@ def main(argv=None):
                                no_val], done=osp.join(dense, 'last_checkpoint'))
         dense_ckpt = last_checkpoint(dense)
     run('evaluation (dense)', ['tools/test.py', DENSE, dense_ckpt, '--work-dir', dense])
+    benchmark('dense', DENSE, dense_ckpt, dense)
     # One profile: the whole detector's; the backbone-only methods price with its backbone part.
     tables = {scope: osp.join(work, f'latency_table_{scope}.json')
               for scope in ('whole', 'backbone')}
@@ -138,30 +174,14 @@ def main(argv=None):
         done=tables['whole'])
     if not osp.isfile(tables['backbone']):
         LatencyTable.load(tables['whole']).backbone_only().save(tables['backbone'])
-    rows_in = []
+    rows_in, failed = [], {}
     for name in args.methods:
-        config, out = METHODS[name], osp.join(work, name)
-        iters = args.finetune_iters
-        run(f'{name}: pruning and fine-tuning', [
-            'tools/train.py', config, '--work-dir', out, '--cfg-options',
-            f'load_from={dense_ckpt}',
-            *method_options(name, args, tables['whole' if name == 'mdp_whole' else 'backbone']),
-            f'train_cfg.max_iters={iters}', f'default_hooks.checkpoint.interval={iters}',
-            no_val], done=osp.join(out, 'last_checkpoint'))
-        ckpt = last_checkpoint(out)
-        # JointPruning's sub-network may run at a smaller image size: its own final config.
-        source = (osp.join(out, 'jointprune_final_config.py') if name == 'jointprune'
-                  else config)
-        export = osp.join(out, 'export')
-        run(f'{name}: export', ['tools/export_pruned.py', source, ckpt, '--out', export],
-            done=osp.join(export, 'pruned.py'))
-        pruned = (osp.join(export, 'pruned.py'), osp.join(export, 'pruned.pth'))
-        run(f'{name}: evaluation', ['tools/test.py', *pruned, '--work-dir', out])
-        run(f'{name}: paired speed-up', [
-            'tools/speedup.py', *pruned, '--against', DENSE, dense_ckpt, '--rounds',
-            str(args.rounds), '--warmup', '3', '--threads', '1', '--out',
-            osp.join(out, 'speedup.json')], done=osp.join(out, 'speedup.json'))
-        rows_in.append((name, out, ckpt))
+        try:
+            rows_in.append(run_method(name, args, dense_ckpt, tables, work, no_val))
+        except RunError as e:  # one method's failure (an unreachable budget) is a result too
+            print(f'[compare] {name}: {e}', flush=True)
+            failed[name] = str(e)
+
 
     reference = load_reference(reference_file(work, args.methods))
     dense_record = collect_run(dense) if osp.isdir(dense) else None
@@ -175,7 +195,7 @@ def main(argv=None):
         records.append(record)
         seconds = jointprune_seconds(out) if name == 'jointprune' else None
         rows.append(method_row(record, final_choice(ckpt), reference, tables['whole'], seconds))
-    path = write_comparison(rows, work, args.budget, tables['whole'])
+    path = write_comparison(rows, work, args.budget, tables['whole'], failed)
     if records:
         write_report(records, osp.join(work, 'report'))
     print(open(path).read())

@@ -14,7 +14,7 @@ import torch
 from scipy.optimize import nnls
 
 from mmdp.structure import Structure, StructureChoice, derive_structure, prune_copy
-from mmdp.structure.head import ATTENTION, TOKENS, Part
+from mmdp.structure.head import ATTENTION, NECK_CONV, TOKENS, Part
 
 from .registry import LATENCY_MODELS
 from .table import LatencyTable, profiled_widths
@@ -81,14 +81,22 @@ class TableLatencyModel:
         return self.table.conv_ms(part, widths, in_widths)
 
     def predict(self, choice: StructureChoice) -> float:
+        return sum(self.predict_parts(choice).values())
+
+    def predict_parts(self, choice: StructureChoice) -> dict:
+        """{'backbone', 'neck', 'head': ms}: the prediction split where a detector's timing
+        breakdown splits it (neck and head are 0 for a backbone table)."""
         choice.check(self.structure)
         widths = choice.all_widths(self.structure)
-        return (sum(self._layer_cost(layer, widths) for layer in self.structure.layers
-                    if layer.block not in choice.removed_blocks)
-                + sum(float(np.ravel(self.part_costs(
-                    part, [widths[part.group]],
-                    [widths[part.input_group]] if part.input_group else None))[0])
-                      for part in self.structure.parts if part.block not in choice.removed_blocks))
+        out = {'backbone': sum(self._layer_cost(layer, widths) for layer in self.structure.layers
+                               if layer.block not in choice.removed_blocks),
+               'neck': 0.0, 'head': 0.0}
+        for part in self.structure.parts:
+            if part.block not in choice.removed_blocks:
+                out['neck' if part.kind == NECK_CONV else 'head'] += float(np.ravel(
+                    self.part_costs(part, [widths[part.group]],
+                                    [widths[part.input_group]] if part.input_group else None))[0])
+        return out
 
     def to_problem(self, structure: Optional[Structure] = None,
                    importance: Optional[Callable] = None, budget_ratio: Optional[float] = None,

@@ -3,6 +3,7 @@ one reference saliency window and priced by one latency table, next to its paire
 solve time and accuracy."""
 import json
 import os.path as osp
+from typing import Optional
 
 import numpy as np
 
@@ -12,6 +13,10 @@ from mmdp.structure import Structure, StructureChoice
 
 from .collect import RunRecord
 from .markdown import _fmt, speedup_cell
+
+
+# tools/benchmark.py's breakdown entries of each part the latency model predicts.
+MEASURED_PARTS = {'backbone': 'img_backbone', 'neck': 'img_neck', 'head': 'pts_bbox_head'}
 
 
 def load_reference(path: str) -> tuple:
@@ -53,7 +58,10 @@ def method_row(record: RunRecord, choice: StructureChoice, reference: tuple,
                              choice.removed_blocks, {g: c for g, c in choice.channels.items()
                                                      if g in known})
     seconds = _solve_seconds(record) if solve_seconds is None else solve_seconds
+    breakdown = (record.fps or {}).get('breakdown_ms', {})
     return dict(
+        predicted_parts_ms=model.predict_parts(choice),
+        measured_parts_ms={part: breakdown.get(key) for part, key in MEASURED_PARTS.items()},
         method=record.name, mAP=record.metrics.get('mAP'), NDS=record.metrics.get('NDS'),
         kept_importance=kept_importance(structure, saliency, choice),
         predicted_ms=model.predict(choice),
@@ -62,8 +70,11 @@ def method_row(record: RunRecord, choice: StructureChoice, reference: tuple,
         solve_seconds=seconds, speedup=record.speedup)
 
 
-def write_comparison(rows: list, out_dir: str, budget: float, table: str) -> str:
-    """`out_dir/comparison.md` and `comparison.json`; returns the Markdown path."""
+def write_comparison(rows: list, out_dir: str, budget: float, table: str,
+                     failed: Optional[dict] = None) -> str:
+    """`out_dir/comparison.md` and `comparison.json`; returns the Markdown path. `failed`:
+    {method: why} for the methods that produced no model."""
+    failed = failed or {}
     lines = [
         f'# Methods at prune ratio {budget:g}', '',
         f'Kept importance: the share of one reference Taylor saliency window that the final '
@@ -81,8 +92,19 @@ def write_comparison(rows: list, out_dir: str, budget: float, table: str) -> str
             f"{r['kept_importance']:.3f} | {r['predicted_ms']:.2f} "
             f"({share:.2f}) | {len(r['removed_blocks'])} | {speedup_cell(r['speedup'])} | "
             f"{_fmt(r['solve_seconds'], '.2f')} | {_fmt(r['mAP'])} | {_fmt(r['NDS'])} |")
+    lines += [f'| {name} | failed: {why} |' + ' |' * 7 for name, why in failed.items()]
+    lines += ['', '## Latency per part', '',
+              'Predicted: the table model above; measured: tools/benchmark.py\'s breakdown of the '
+              'exported model (each model timed on its own, so shared-machine load moves these; '
+              'the paired speed-up above does not).', '',
+              '| method | predicted backbone / neck / head ms | measured backbone / neck / head '
+              'ms |', '| --- | --- | --- |']
+    for r in rows:
+        pred, meas = r['predicted_parts_ms'], r['measured_parts_ms']
+        lines.append(f"| {r['method']} | {' / '.join(_fmt(pred[k], '.1f') for k in pred)} | "
+                     f"{' / '.join(_fmt(meas[k], '.1f') for k in pred)} |")
     atomic_write_json(osp.join(out_dir, 'comparison.json'),
-                      dict(budget=budget, table=osp.abspath(table), rows=rows))
+                      dict(budget=budget, table=osp.abspath(table), rows=rows, failed=failed))
     path = osp.join(out_dir, 'comparison.md')
     atomic_write_text(path, '\n'.join(lines) + '\n')
     return path
