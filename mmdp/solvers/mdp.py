@@ -38,8 +38,10 @@ from .registry import SOLVERS
 BACKENDS = ('milp', 'mindtpy')
 # nlp_solver='cyipopt' is IPOPT through cyipopt with mmdp's interface for quadratic models
 # (mmdp.solvers.quadratic_ipopt), which needs no AMPL executable nor PyNumero's ASL library.
+# No-good cuts: every variable is binary, so each combination tried is cut off; without them OA
+# cycles back to a combination on this non-convex program and may stop with no choice at all.
 MINDTPY_DEFAULTS = dict(strategy='OA', mip_solver='glpk', nlp_solver='cyipopt',
-                        heuristic_nonconvex=True)
+                        heuristic_nonconvex=True, add_no_good_cuts=True)
 # How to get each sub-solver MindtPy may be asked for (Pyomo looks for executables on PATH,
 # except cyipopt and the appsi_* interfaces, which are Python packages).
 INSTALL_HINTS = {
@@ -354,7 +356,7 @@ class MDPSolver(BaseSolver):
                     if condition == LegacyTermination.maxTimeLimit:
                         raise SolverError('mdp: MindtPy found no solution within the time limit '
                                           f'({self.time_limit:g} s); raise time_limit')
-                    return self._mindtpy_infeasible(problem, space, condition)
+                    return self._mindtpy_infeasible(problem, space, results)
                 positions, removed = read_choice(m, space)
                 latency = problem.evaluate(
                     {g: problem.groups[g][k] for g, k in positions.items()}, removed)[1]
@@ -391,13 +393,14 @@ class MDPSolver(BaseSolver):
                   logger='current')
         return results
 
-    def _mindtpy_infeasible(self, problem: Problem, space: ChoiceSpace, condition) -> Solution:
+    def _mindtpy_infeasible(self, problem: Problem, space: ChoiceSpace, results) -> Solution:
         """No choice from MindtPy proves nothing on this non-convex program (an outer-
         approximation cut may have cut off every choice within the budget): HiGHS decides
         whether the budget is infeasible, and the answer is then the smallest latency."""
         answer = self._smallest_latency(problem, space, build_model(problem, space))
         if answer.status != 'infeasible':
-            raise SolverError(f'mdp: MindtPy found no choice within the budget ({condition}), '
-                              f'but one exists (latency {answer.latency:.6g} <= budget '
-                              f'{problem.budget:.6g}); use backend \'milp\'')
+            raise SolverError(f'mdp: MindtPy stopped ({results.solver.termination_condition}, '
+                              f'{results.solver.iterations} iterations) with no choice within '
+                              f'the budget, but one exists (latency {answer.latency:.6g} <= '
+                              f"{problem.budget:.6g}); use backend 'milp'")
         return answer
