@@ -13,8 +13,10 @@ Backends:
   whose only solution is z[k, j] = x_out[k] * x_in[j]. This is the convex hull of each product,
   so the LP relaxation is as tight as such a term allows.
 - `mindtpy`: the bilinear MINLP itself, solved by Pyomo's MindtPy outer approximation as the
-  published code did (GLPK for the MILP master, IPOPT for the NLP subproblems). On this non-convex
-  problem it is a heuristic: its answers are reported as `feasible`, never `optimal`.
+  published code did (GLPK for the MILP master, IPOPT for the NLP subproblems, here through
+  cyipopt and mmdp.solvers.quadratic_ipopt; `make install-mindtpy`). On this non-convex
+  problem it is a heuristic: its answers are reported as `feasible`, never `optimal`, and a
+  budget it finds no choice for is checked by HiGHS.
 """
 import logging
 import math
@@ -187,7 +189,8 @@ class MDPSolver(BaseSolver):
             None: all of them, []: none (channel-only pruning).
         warm_start: start HiGHS from HALP's answer (exact knapsack, 10-step schedule); it
             finds good solutions sooner, which matters most under a time limit.
-        mindtpy_options: options for MindtPy, over MINDTPY_DEFAULTS.
+        mindtpy_options: options for MindtPy, over MINDTPY_DEFAULTS (with time_limit None,
+            MindtPy's own limit of 600 s applies).
         verbose: print the solver's log.
     """
     name = 'mdp'

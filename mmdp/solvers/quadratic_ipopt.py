@@ -159,8 +159,9 @@ class QuadraticIpopt:
     def __exit__(self, *exc):
         return False
 
-    def solve(self, model, tee: bool = False, load_solutions: bool = True, **kwds):
-        options = dict(self.config.options, **kwds.get('options', {}))
+    def solve(self, model, tee: bool = False, load_solutions: bool = True,
+              options: dict = None):
+        options = dict(self.config.options, **(options or {}))
         objectives = list(model.component_data_objects(pyo.Objective, active=True))
         if len(objectives) != 1:
             raise ValueError(f'quadratic_ipopt: the model has {len(objectives)} active '
