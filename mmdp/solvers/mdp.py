@@ -391,7 +391,8 @@ class MDPSolver(BaseSolver):
         finally:
             preprocessing.setLevel(level)
         print_log(f'mdp: MindtPy ({options["strategy"]}, {options["mip_solver"]} / '
-                  f'{options["nlp_solver"]}) stopped: {results.solver.termination_condition}, '
+                  f'{options["nlp_solver"]}) ended {results.solver.termination_condition} (its '
+                  'verdict, not proven on this non-convex program) after '
                   f'{results.solver.iterations} iterations, {time.perf_counter() - start:.2f} s',
                   logger='current')
         return results
