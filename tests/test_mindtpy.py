@@ -7,6 +7,7 @@ it finds (within budget, never above the enumerated optimum, an infeasible budge
 such); on programs with no bilinear term OA is exact and must reach the optimum within its
 tolerances.
 """
+import importlib.util
 import math
 
 import numpy as np
@@ -14,16 +15,12 @@ import pyomo.environ as pyo
 import pytest
 from pyomo.core.expr.calculus.derivatives import differentiate
 
-from mmdp.solvers import Problem, SolverError, build_solver, solve
+from mmdp.solvers import Problem, SolverError, solve
 from mmdp.solvers.quadratic_ipopt import QuadraticForms, QuadraticIpopt, as_cyipopt
 from mmdp.solvers.synthetic import random_problem
 
 HAVE_GLPK = pyo.SolverFactory('glpk').available(exception_flag=False)
-try:
-    import cyipopt  # noqa: F401
-    HAVE_CYIPOPT = True
-except ImportError:
-    HAVE_CYIPOPT = False
+HAVE_CYIPOPT = importlib.util.find_spec('cyipopt') is not None
 INSTALLED = HAVE_GLPK and HAVE_CYIPOPT
 MISSING = ', '.join(name for name, have in (('GLPK (glpsol)', HAVE_GLPK),
                                              ('cyipopt', HAVE_CYIPOPT)) if not have)

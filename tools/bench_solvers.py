@@ -4,7 +4,7 @@
     python tools/bench_solvers.py --quick                # ResNet-50 and -101, 32-channel chunks
     python tools/bench_solvers.py --depths 50 --chunks 32 --blocks on --time-limit 60
     python tools/bench_solvers.py --whole --quick --solvers mdp  # whole StreamPETR-R50, chunk 32
-    python tools/bench_solvers.py --quick --blocks on --solvers mdp mindtpy halp-exact --time-limit 300
+    python tools/bench_solvers.py --quick --solvers mdp mindtpy halp-exact --time-limit 300
 
 Problems: mmdp.solvers.synthetic.resnet_problem (budget 55% of dense by default), with every
 block removable ('on') or none ('off'); with `--whole`, mmdp.solvers.synthetic.
@@ -15,7 +15,8 @@ at the dense widths), HALP exact replaying its 30-step schedule offline, MDP (MI
 MDP's MindtPy backend (outer approximation, GLPK / IPOPT: `make install-mindtpy`). `opt_ratio` is
 the objective over MDP's proven optimum (when `mdp` ran and proved it). `seconds` is wall time
 (model building included), `cpu_s` the CPU time of the process and its sub-processes (GLPK runs
-as one), which is what to compare when other jobs share the cores. A solver that fails prints its error under a row of status `error`.
+as one), which is what to compare when other jobs share the cores. A solver that fails prints its
+error under a row of status `error`.
 """
 import argparse
 import json
