@@ -8,7 +8,7 @@ FIND_LINKS := $(if $(wildcard $(WHEEL_CACHE)/*.whl),--find-links $(WHEEL_CACHE),
 STAMP := $(VENV)/.mmdp-installed
 PIP := $(BIN)/pip install -c constraints.txt
 
-.PHONY: install demo test clean-venv
+.PHONY: install demo test clean-venv install-mindtpy
 
 install: $(STAMP)
 
@@ -29,6 +29,20 @@ demo: install
 
 test: install
 	$(BIN)/python -m pytest -q tests
+
+# Optional, for the mdp backend 'mindtpy' only (MindtPy as in the published MDP code): GLPK, and
+# IPOPT through cyipopt, which pip builds against Debian's libipopt (its link needs lapack, blas
+# and gfortran). Debian ships no AMPL `ipopt` executable; mmdp.solvers.quadratic_ipopt does
+# without. It needs the venv of `make install` and never redoes that install.
+MINDTPY_APT := glpk-utils coinor-libipopt-dev pkg-config liblapack-dev libblas-dev gfortran gcc
+
+install-mindtpy: | $(STAMP)
+	dpkg -s $(MINDTPY_APT) >/dev/null 2>&1 || \
+		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(MINDTPY_APT); }
+	$(PIP) -q cyipopt
+	$(BIN)/python -c "import cyipopt; print('cyipopt', cyipopt.__version__, 'on Ipopt', \
+		'.'.join(map(str, cyipopt.IPOPT_VERSION)))"
+	glpsol --version | head -1
 
 clean-venv:
 	rm -rf $(VENV)

@@ -10,5 +10,7 @@ setup(
         'torch==2.13.0', 'numpy<2', 'mmengine==0.10.7', 'mmcv==2.1.0', 'mmdet==3.3.0',
         'nuscenes-devkit==1.2.0', 'pyomo', 'highspy', 'tqdm',
     ],
-    extras_require={'torch-pruning': ['torch-pruning==1.6.1']},
+    # Optional: the Torch-Pruning baseline; the mdp backend 'mindtpy' (`make install-mindtpy`
+    # also installs GLPK and libipopt).
+    extras_require={'torch-pruning': ['torch-pruning==1.6.1'], 'mindtpy': ['cyipopt']},
 )

@@ -197,19 +197,6 @@ def test_bilinear_model_latency_equals_evaluate():
             assert close(pyo.value(m.value) * m.value_scale, objective, 1e-9)
 
 
-def test_mindtpy_backend():
-    problem = Problem.from_dict(small_problem())
-    available = all(pyo.SolverFactory(name).available(exception_flag=False)
-                    for name in ('glpk', 'ipopt'))
-    if not available:
-        with pytest.raises(SolverError, match='apt-get install glpk-utils|ipopt'):
-            solve(problem, 'mdp', backend='mindtpy')
-        return
-    answer = solve(problem.with_budget(6.0), 'mdp', backend='mindtpy')
-    assert answer.status == 'feasible'
-    check_recomputed(problem.with_budget(6.0), answer)
-
-
 @contextlib.contextmanager
 def warnings_logged():
     """The WARNING records of mmengine's current logger while the block runs."""

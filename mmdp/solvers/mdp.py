@@ -13,10 +13,13 @@ Backends:
   whose only solution is z[k, j] = x_out[k] * x_in[j]. This is the convex hull of each product,
   so the LP relaxation is as tight as such a term allows.
 - `mindtpy`: the bilinear MINLP itself, solved by Pyomo's MindtPy outer approximation as the
-  published code did (GLPK for the MILP master, IPOPT for the NLP subproblems). On this non-convex
-  problem it is a heuristic: its answers are reported as `feasible`, never `optimal`.
+  published code did (GLPK for the MILP master, IPOPT for the NLP subproblems, here through
+  cyipopt and mmdp.solvers.quadratic_ipopt; `make install-mindtpy`). On this non-convex
+  problem it is a heuristic: its answers are reported as `feasible`, never `optimal`, and a
+  budget it finds no choice for is checked by HiGHS.
 """
 import logging
+import math
 import time
 from collections import defaultdict
 from typing import Optional
@@ -31,20 +34,24 @@ from pyomo.opt import TerminationCondition as LegacyTermination
 from .base import BaseSolver, ChoiceSpace, SolverError, make_solution
 from .halp import HALPSolver
 from .problem import Problem, Solution
+from .quadratic_ipopt import as_cyipopt
 from .registry import SOLVERS
 
 BACKENDS = ('milp', 'mindtpy')
-MINDTPY_DEFAULTS = dict(strategy='OA', mip_solver='glpk', nlp_solver='ipopt',
-                        heuristic_nonconvex=True)
+# nlp_solver='cyipopt' is IPOPT through cyipopt with mmdp's interface for quadratic models
+# (mmdp.solvers.quadratic_ipopt), which needs no AMPL executable nor PyNumero's ASL library.
+# No-good cuts: every variable is binary, so each combination tried is cut off; without them OA
+# cycles back to a combination on this non-convex program and may stop with no choice at all.
+MINDTPY_DEFAULTS = dict(strategy='OA', mip_solver='glpk', nlp_solver='cyipopt',
+                        heuristic_nonconvex=True, add_no_good_cuts=True)
 # How to get each sub-solver MindtPy may be asked for (Pyomo looks for executables on PATH,
 # except cyipopt and the appsi_* interfaces, which are Python packages).
 INSTALL_HINTS = {
-    'glpk': "`apt-get install glpk-utils` (GLPK's glpsol)",
-    'ipopt': 'an `ipopt` executable on PATH; Debian ships only the library (coinor-libipopt1v5), '
-             'so take the binary from conda-forge (`conda install -c conda-forge ipopt`) or build '
-             "Ipopt from source, or pass nlp_solver='cyipopt'",
-    'cyipopt': '`apt-get install coinor-libipopt-dev pkg-config`, then `pip install cyipopt` '
-               '(pip builds it against that library)',
+    'glpk': "`make install-mindtpy` (Debian's glpk-utils: GLPK's glpsol)",
+    'ipopt': "an AMPL `ipopt` executable on PATH, which Debian does not ship; nlp_solver='cyipopt' "
+             '(the default) runs IPOPT without it',
+    'cyipopt': '`make install-mindtpy` (Debian\'s coinor-libipopt-dev, then `pip install cyipopt`, '
+               'built against that library)',
     'appsi_highs': '`pip install highspy`',
     'cbc': '`apt-get install coinor-cbc`',
 }
@@ -182,7 +189,8 @@ class MDPSolver(BaseSolver):
             None: all of them, []: none (channel-only pruning).
         warm_start: start HiGHS from HALP's answer (exact knapsack, 10-step schedule); it
             finds good solutions sooner, which matters most under a time limit.
-        mindtpy_options: options for MindtPy, over MINDTPY_DEFAULTS.
+        mindtpy_options: options for MindtPy, over MINDTPY_DEFAULTS (with time_limit None,
+            MindtPy's own limit of 600 s applies).
         verbose: print the solver's log.
     """
     name = 'mdp'
@@ -337,16 +345,66 @@ class MDPSolver(BaseSolver):
         return solution
 
     def _solve_mindtpy(self, problem: Problem, space: ChoiceSpace) -> Solution:
-        _check_mindtpy_subsolvers(self.mindtpy_options)
-        m = build_model(problem, space, linearise=False)
-        options = dict(self.mindtpy_options, tee=self.verbose)
-        if self._deadline is not None:
-            options['time_limit'] = self._remaining()
-        results = pyo.SolverFactory('mindtpy').solve(m, **options)
-        condition = results.solver.termination_condition
-        if condition == LegacyTermination.infeasible:
-            return self._smallest_latency(problem, space, build_model(problem, space))
-        if any(v.value is None for v in m.x.values()):
-            raise SolverError(f'mdp: MindtPy found no solution ({condition})')
-        positions, removed = read_choice(m, space)
+        with as_cyipopt():
+            _check_mindtpy_subsolvers(self.mindtpy_options)
+            m = build_model(problem, space, linearise=False)
+            # GLPK and IPOPT meet the budget to their tolerances: as for the MILP, a choice still
+            # over it when recomputed is solved again with the excess taken off.
+            for _ in range(3):
+                for var in m.component_data_objects(pyo.Var):
+                    var.set_value(None)  # so that "no solution" is not read from the last try
+                results = self._mindtpy(m)
+                condition = results.solver.termination_condition
+                if any(v.value is None for v in m.x.values()):
+                    if condition == LegacyTermination.maxTimeLimit:
+                        raise SolverError('mdp: MindtPy found no solution within the time limit '
+                                          f'({self.time_limit:g} s); raise time_limit')
+                    return self._mindtpy_infeasible(problem, space, results)
+                positions, removed = read_choice(m, space)
+                latency = problem.evaluate(
+                    {g: problem.groups[g][k] for g, k in positions.items()}, removed)[1]
+                if problem.fits(latency):
+                    break
+                print_log(f'mdp: the recomputed latency {latency:.9g} is over the budget by '
+                          f'{latency - problem.budget:.3g} (MindtPy\'s tolerance); solving again '
+                          'with the excess taken off', logger='current', level=logging.WARNING)
+                m.rhs = pyo.value(m.rhs) - 2 * (latency - problem.budget) / m.latency_scale
+            else:
+                raise SolverError('mdp: MindtPy keeps returning choices over the budget')
         return make_solution(problem, 'feasible', positions, removed)
+
+    def _mindtpy(self, m: pyo.ConcreteModel):
+        options = dict(self.mindtpy_options, tee=self.verbose)
+        if not self.verbose:
+            # MindtPy logs an infeasible fixed-integer NLP, an ordinary step of outer
+            # approximation, as an ERROR with its traceback.
+            options.setdefault('logging_level', logging.CRITICAL)
+        if self._deadline is not None:
+            options['time_limit'] = math.ceil(self._remaining())  # MindtPy takes whole seconds
+        start = time.perf_counter()
+        preprocessing = logging.getLogger('pyomo.contrib.preprocessing')
+        level = preprocessing.level
+        if not self.verbose:  # its warning that MindtPy re-applies a transformation
+            preprocessing.setLevel(logging.ERROR)
+        try:
+            results = pyo.SolverFactory('mindtpy').solve(m, **options)
+        finally:
+            preprocessing.setLevel(level)
+        print_log(f'mdp: MindtPy ({options["strategy"]}, {options["mip_solver"]} / '
+                  f'{options["nlp_solver"]}) ended {results.solver.termination_condition} (its '
+                  'verdict, not proven on this non-convex program) after '
+                  f'{results.solver.iterations} iterations, {time.perf_counter() - start:.2f} s',
+                  logger='current')
+        return results
+
+    def _mindtpy_infeasible(self, problem: Problem, space: ChoiceSpace, results) -> Solution:
+        """No choice from MindtPy proves nothing on this non-convex program (an outer-
+        approximation cut may have cut off every choice within the budget): HiGHS decides
+        whether the budget is infeasible, and the answer is then the smallest latency."""
+        answer = self._smallest_latency(problem, space, build_model(problem, space))
+        if answer.status != 'infeasible':
+            raise SolverError(f'mdp: MindtPy stopped ({results.solver.termination_condition}, '
+                              f'{results.solver.iterations} iterations) with no choice within '
+                              f'the budget, but one exists (latency {answer.latency:.6g} <= '
+                              f"{problem.budget:.6g}); use backend 'milp'")
+        return answer
