@@ -1,5 +1,4 @@
 """The synthetic nuScenes generator and the info-file converter, checked with the real devkit."""
-import importlib.util
 import json
 import shutil
 from pathlib import Path
@@ -22,6 +21,7 @@ from projects.streampetr.datasets.nuscenes_converter import (CAMERAS, CLASSES, V
                                                              create_nuscenes_infos)
 from projects.streampetr.datasets.synthetic_nuscenes import (OBJECT_CLASSES,
                                                              make_synthetic_nuscenes)
+from tool_loader import load_tool
 
 matplotlib.use('Agg')
 REPO = Path(__file__).resolve().parents[1]
@@ -29,14 +29,6 @@ CATEGORY_RGB = {category: spec.rgb for spec in OBJECT_CLASSES.values()
                 for category, _ in spec.categories}
 INSTANCE_KEYS = {'bbox_3d', 'bbox_label', 'bbox_label_3d', 'bbox_3d_isvalid', 'velocity',
                  'num_lidar_pts', 'num_radar_pts', 'attr_label'}
-
-
-def load_tool(name):
-    """A tools/ script as a module, so its main(argv) runs in this process."""
-    spec = importlib.util.spec_from_file_location(name, REPO / 'tools' / f'{name}.py')
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope='module')

@@ -1,4 +1,3 @@
-import importlib.util
 import json
 import os
 
@@ -12,6 +11,7 @@ from mmdp.latency import (LATENCY_MODELS, TERMS, BilinearLutLatency, FlopsLatenc
                           Timer, device_name, fit_overheads, make_meta, sample_choices)
 from mmdp.solvers.problem import Problem
 from mmdp.structure import StructureChoice, derive_structure
+from tool_loader import load_tool
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHAPE = (1, 3, 32, 64)
@@ -166,13 +166,6 @@ def test_measured_model_times_the_smaller_network(r18, structure):
     net = model.build(choice)
     assert net.layer4[1].conv2.out_channels == 64
     assert model.predict(choice) > 0
-
-
-def load_tool(name):
-    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, 'tools', name + '.py'))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_profile_resume_and_validate_tools(tmp_path):

@@ -7,7 +7,6 @@ A small ResNet detector under a real Runner: HALP's iterative schedule on two DD
 ends with the same masks and saliency on both; set-up errors stop a run before it trains.
 """
 import glob
-import importlib.util
 import json
 import os
 import os.path as osp
@@ -38,18 +37,12 @@ from mmdp.solvers import Solution
 from mmdp.structure import derive_structure
 
 from formula_tables import formula_table
+from tool_loader import load_tool
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 CONFIG = 'configs/streampetr_mdp45_small_cpu.py'
 TABLE_SHAPE = (1, 3, 64, 128)  # a small backbone input keeps the CPU profile short
 STEP = 128
-
-
-def load_tool(name):
-    spec = importlib.util.spec_from_file_location(name, osp.join(ROOT, 'tools', f'{name}.py'))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 # ---------------------------------------------------------------------- StreamPETR, tools/train.py
@@ -64,9 +57,9 @@ def table(tmp_path_factory):
     return path
 
 
-def train(work_dir, infos, table, *options):
+def train(work_dir, infos, table, *options, config=CONFIG):
     root = infos['root'] + '/'
-    args = [sys.executable, 'tools/train.py', CONFIG, '--work-dir', work_dir, '--cfg-options',
+    args = [sys.executable, 'tools/train.py', config, '--work-dir', work_dir, '--cfg-options',
             f'train_dataloader.dataset.data_root={root}',
             f'train_dataloader.dataset.ann_file={infos["train"]}',
             f'latency_input_shape={TABLE_SHAPE}', f'custom_hooks.1.latency_table={table}',

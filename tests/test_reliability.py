@@ -6,7 +6,6 @@ Most cases call a tool's main(argv) in this process, through the same `mmdp.cli.
 `python tools/x.py` entry uses (exit code, one message on stderr); two run a tool as a user
 does, in a subprocess, to check the entry itself (no traceback, the exit status).
 """
-import importlib.util
 import os
 import os.path as osp
 import shutil
@@ -16,6 +15,8 @@ import warnings
 from dataclasses import dataclass
 
 import pytest
+
+from tool_loader import load_tool
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 DOC = osp.join(ROOT, 'docs', 'reliability.md')
@@ -176,14 +177,6 @@ CASES = [
     Case('other-checkout', 'a tool of one checkout importing mmdp from another', 'train',
          (SMALL,), 2, 'lives in {other_checkout} but imports mmdp from ', subprocess=True),
 ]
-
-
-def load_tool(name):
-    spec = importlib.util.spec_from_file_location(f'tool_{name}',
-                                                  osp.join(ROOT, 'tools', f'{name}.py'))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 # ---------------------------------------------------------------------- the inputs

@@ -19,6 +19,7 @@ from mmdp.runtime import ort
 from mmdp.runtime.runtimes import (DEPLOYED_RUNTIMES, DETECTOR_RUNTIMES, TABLE_RUNTIMES,
                                    add_runtime_argument, detector_runner, resolve_runtime)
 from mmdp.structure import derive_structure
+from tool_loader import load_tool
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMALL = os.path.join(ROOT, 'configs', 'streampetr_r50_small_cpu.py')
@@ -88,13 +89,6 @@ def test_ort_runs_what_torch_computes():
     np.testing.assert_allclose(ort.bind(heads, (q, k))()[0], heads(q, k).numpy(), rtol=1e-5,
                                atol=1e-5)
     assert Timer('cpu', mode='ort', repeats=2, warmup=1)(conv, x) > 0
-
-
-def load_tool(name):
-    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, 'tools', name + '.py'))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_ort_table_records_its_runtime_and_validates(tmp_path):

@@ -24,6 +24,7 @@ from mmdp.torchprune.hook import CHECKPOINT_KEY as GRADIENTS_KEY
 
 from formula_tables import formula_table
 from test_export import build
+from test_pruning_hooks import train as train_config
 from test_pruning_hooks import (STEP, TABLE_SHAPE, TOY_SHAPE, ToyDetector, event_files, load_ckpt,
                                 table, toy_data)
 
@@ -166,18 +167,7 @@ def test_weight_gradients_are_the_window_mean_and_leave_frozen_weights_frozen():
 
 # ---------------------------------------------------------------------- StreamPETR, tools/train.py
 def train(work_dir, infos, table, *options):
-    import subprocess
-    import sys
-    root = infos['root'] + '/'
-    args = [sys.executable, 'tools/train.py', CONFIG, '--work-dir', work_dir, '--cfg-options',
-            f'train_dataloader.dataset.data_root={root}',
-            f'train_dataloader.dataset.ann_file={infos["train"]}',
-            f'latency_input_shape={TABLE_SHAPE}', f'custom_hooks.1.latency_table={table}',
-            'val_cfg=None', 'val_dataloader=None', 'val_evaluator=None', 'randomness.seed=0',
-            *options]
-    proc = subprocess.run(args, capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return proc.stdout + proc.stderr
+    return train_config(work_dir, infos, table, *options, config=CONFIG)
 
 
 @pytest.fixture(scope='module')

@@ -2,7 +2,6 @@
 heads, decoder layers) go through the same structure -> masks -> export path as the backbone."""
 import copy
 import glob
-import importlib.util
 import json
 import os.path as osp
 import subprocess
@@ -21,6 +20,7 @@ from mmdp.importance import TaylorSaliency
 from mmdp.pruning import CHECKPOINT_KEY, PruningMasks, PruningState
 from mmdp.structure import Structure, StructureChoice, derive_structure, prune_copy
 from projects.streampetr.fake_inputs import fake_frame
+from tool_loader import load_tool
 
 CONFIG = 'configs/streampetr_r50_small_cpu.py'
 SHAPE = (6, 3, 64, 128)
@@ -164,13 +164,6 @@ def test_masked_head_equals_exported_head_over_a_sequence(model, structure, toke
 # ------------------------------------------------------------ end to end: train, export, test
 WHOLE_CONFIG = 'configs/streampetr_mdp45_whole_small_cpu.py'
 TABLE_SHAPE = (6, 3, 64, 128)  # six views at a small size keep the CPU profile short
-
-
-def load_tool(name):
-    spec = importlib.util.spec_from_file_location(name, osp.join('tools', f'{name}.py'))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope='module')
