@@ -46,7 +46,6 @@ METHODS = {
     'jointprune': 'configs/streampetr_jointprune45_small_cpu.py',
     'torchprune': 'configs/streampetr_torchprune45_small_cpu.py',
 }
-TABLE_STEP = 128  # channels between profiled widths: every method's chunk
 HALP_STEPS = 10  # HALP prunes iteratively: this many knapsack steps, one iteration apart
 SEARCH_STEPS = 5  # JointPruning's search steps after the window
 
@@ -63,10 +62,15 @@ def parse_args(argv=None):
     parser.add_argument('--window', type=int, default=10, help='saliency iterations')
     parser.add_argument('--finetune-iters', type=int, default=60,
                         help='training iterations in all, the window included')
+    parser.add_argument('--step', type=int, default=64,
+                        help="channels between the table's profiled widths: every method's "
+                             'chunk (coarser: a faster profile, fewer reachable budgets)')
     parser.add_argument('--rounds', type=int, default=20, help='paired speed-up rounds')
     parser.add_argument('--scenes', type=int, default=10)
     parser.add_argument('--samples', type=int, default=20)
     args = parser.parse_args(argv)
+    if args.step < 1:
+        raise UsageError(f'--step must be >= 1 channel, got {args.step}')
     if not 0 < args.budget < 1:
         raise UsageError(f'--budget must lie in (0, 1), got {args.budget}')
     last_event = args.window + max(HALP_STEPS - 1, SEARCH_STEPS)
@@ -82,7 +86,7 @@ def method_options(name: str, args, table: str) -> list:
     opts = [f'custom_hooks.0.end={w}', f'{hook}.prune_ratio={args.budget}']
     if name == 'jointprune':
         return opts + [f'{hook}.search_begin={w}', f'{hook}.search_end={w + SEARCH_STEPS}',
-                       f'{hook}.chunk={TABLE_STEP}',  # its widths on the table's grid
+                       f'{hook}.chunk={args.step}',  # its widths on the table's grid
                        f'{hook}.latency.type=lut_bilinear', f'{hook}.latency.table={table}',
                        f'{hook}.latency.fitted=False']
     opts += [f'{hook}.latency_table={table}', f'{hook}.at_iter={w}']
@@ -170,7 +174,7 @@ def main(argv=None):
     tables = {scope: osp.join(work, f'latency_table_{scope}.json')
               for scope in ('whole', 'backbone')}
     run('latency table', ['tools/profile_latency.py', WHOLE, '--out', tables['whole'], '--step',
-                          str(TABLE_STEP), '--repeats', '5', '--warmup', '1', '--samples', '12'],
+                          str(args.step), '--repeats', '5', '--warmup', '1', '--samples', '12'],
         done=tables['whole'])
     if not osp.isfile(tables['backbone']):
         LatencyTable.load(tables['whole']).backbone_only().save(tables['backbone'])
