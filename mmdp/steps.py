@@ -21,10 +21,16 @@ def run_step(tag: str, step: str, cmd: list, done=None) -> None:
         return
     print(f'[{tag}] {step}: python {" ".join(cmd)}', flush=True)
     start = time.time()
-    result = subprocess.run([sys.executable] + cmd)
-    if result.returncode:
-        raise RunError(f'[{tag}] {step} failed (exit {result.returncode}): python '
-                       f'{" ".join(cmd)}')
+    # stderr passes through as it comes; its last 'error: ...' line (the tools' one-line
+    # message) names the failure.
+    proc = subprocess.Popen([sys.executable] + cmd, stderr=subprocess.PIPE, text=True)
+    reason = ''
+    for line in proc.stderr:
+        sys.stderr.write(line)
+        if line.startswith('error: ') or 'Error: ' in line:
+            reason = line.strip()
+    if proc.wait():
+        raise RunError(f'{step} failed (exit {proc.returncode}): {reason or "see its output"}')
     print(f'[{tag}] {step}: finished in {time.time() - start:.0f} s', flush=True)
 
 

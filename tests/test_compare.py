@@ -77,3 +77,13 @@ def test_a_whole_detector_table_gives_the_backbone_table_of_the_same_timings(tmp
         for p in whole.structure.parts)
     assert BilinearLutLatency(whole, fitted=False).predict(dense) == pytest.approx(
         ms_backbone + ms_parts)
+
+
+def test_a_failing_step_names_the_tool_error(capsys):
+    from mmdp.cli import RunError
+    from mmdp.steps import run_step
+    with pytest.raises(RunError, match=r'^bad budget failed \(exit 2\): error: --budget must lie '
+                                       r'in \(0, 1\), got 2.0$'):
+        run_step('test', 'bad budget', ['tools/compare_methods.py', '--budget', '2', '--out',
+                                        'unused'])
+    assert '[test] bad budget: python tools/compare_methods.py' in capsys.readouterr().out

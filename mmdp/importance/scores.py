@@ -69,8 +69,12 @@ def token_value(part, slots: np.ndarray, queries: np.ndarray, width: int) -> flo
     memory slots (`slots`: prefix sums in slot order), each slot valued in the role it had in
     the window: a propagated slot that a smaller setting demotes to a key-only one counts as
     lost (its value as a key alone was not measured)."""
-    num_query, num_propagated, memory_len = token_setting(part, width)
+    return float(queries[token_setting(part, width)[0]]) + slot_value(part, slots, width)
+
+
+def slot_value(part, slots: np.ndarray, width: int) -> float:
+    """The memory slots' share of `token_value` (`slots`: prefix sums in slot order)."""
+    _, num_propagated, memory_len = token_setting(part, width)
     dense_propagated = part.settings[-1][1]
     older = max(memory_len, dense_propagated)
-    return float(queries[num_query] + slots[num_propagated]
-                 + slots[older] - slots[dense_propagated])
+    return float(slots[num_propagated] + slots[older] - slots[dense_propagated])

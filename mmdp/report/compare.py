@@ -8,8 +8,10 @@ from typing import Optional
 import numpy as np
 
 from mmdp.fileio import atomic_write_json, atomic_write_text
+from mmdp.importance.scores import slot_value
 from mmdp.latency import BilinearLutLatency
 from mmdp.structure import Structure, StructureChoice
+from mmdp.structure.head import TOKENS
 
 from .collect import RunRecord
 from .markdown import _fmt, speedup_cell
@@ -29,13 +31,21 @@ def load_reference(path: str) -> tuple:
 
 def kept_importance(structure: Structure, saliency: dict, choice: StructureChoice) -> float:
     """The share of the reference saliency that `choice` keeps: each prunable conv and head part
-    keeps its group's kept units, nothing inside a removed block or decoder layer. Groups the
+    keeps its group's kept units (a token setting: its kept queries and memory slots, valued as
+    the solver values them), nothing inside a removed block or decoder layer. Groups the
     choice does not name (a backbone-only run against a whole-detector reference) stay whole."""
     total = kept = 0.0
     for item in list(structure.layers) + structure.valued_parts:
         values = saliency[item.name]
         total += values.sum()
-        if item.block not in choice.removed_blocks:
+        if item.block in choice.removed_blocks:
+            continue
+        if getattr(item, 'kind', None) == TOKENS:  # learnable queries, then memory slots
+            queries = structure.groups[item.group]
+            kept += values[:queries][choice.kept(structure, item.group)].sum() + slot_value(
+                item, np.concatenate([[0.0], np.cumsum(values[queries:])]),
+                choice.width(structure, item.group))
+        else:
             kept += values[choice.kept(structure, item.group)].sum()
     return kept / total
 
