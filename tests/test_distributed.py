@@ -76,13 +76,14 @@ def test_dist_train_on_two_cpu_processes_through_a_pruning_event(nusc_infos, tmp
 def test_dist_train_of_the_whole_detector_keeps_both_ranks_identical(nusc_infos, tmp_path):
     """Head units (FFN, heads, position encoder) and decoder layers through the same event: the
     digest the hook compares covers the head's masks and weights too."""
+    # Profiled with the threads the ranks train with: the table's device names its threads.
+    env = dict(os.environ, PYTHON=sys.executable, PORT=str(_free_port()), OMP_NUM_THREADS='1')
     table = str(tmp_path / 'table.json')
     subprocess.run([sys.executable, 'tools/profile_latency.py', WHOLE_CONFIG, '--out', table,
                     '--step', '128', '--repeats', '1', '--warmup', '1', '--samples', '3',
                     '--input-shape', *map(str, WHOLE_SHAPE)], check=True, cwd=ROOT,
-                   capture_output=True)
+                   capture_output=True, env=env)
     work = str(tmp_path / 'work')
-    env = dict(os.environ, PYTHON=sys.executable, PORT=str(_free_port()), OMP_NUM_THREADS='1')
     log = _dist_train(WHOLE_CONFIG, nusc_infos, work, env, f'latency_input_shape={WHOLE_SHAPE}',
                       f'custom_hooks.1.latency_table={table}')
     assert 'pruning event 1: masks and weights identical on all 2 ranks' in log
