@@ -40,5 +40,7 @@ def test_every_step_at_small_size_on_the_cpu(tmp_path):
     # The whole-detector structure prunes the head too: its exported config has a pruned head.
     assert 'PrunedStreamPETRHead' in open(result['structures']['mdp45_whole']['config']).read()
     text = (tmp_path / 'gpu_check.md').read_text()
-    assert '| mdp45 | torch | fp32 |' in text and '1.18x' in text and 'Skipped:' in text
+    # A name cell may carry the solver's status (CPU timings decide it): match the row's start.
+    assert '| mdp45' in text and '| torch | fp32 |' in text and '1.18x' in text
+    assert 'Skipped:' in text
     assert '| mdp45_whole' in text and '| torch | amp |' in text
