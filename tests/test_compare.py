@@ -87,3 +87,21 @@ def test_a_failing_step_names_the_tool_error(capsys):
         run_step('test', 'bad budget', ['tools/compare_methods.py', '--budget', '2', '--out',
                                         'unused'])
     assert '[test] bad budget: python tools/compare_methods.py' in capsys.readouterr().out
+
+
+@pytest.mark.parametrize('with_head, height', [(False, 440), (True, 880)])
+def test_widths_figure_draws_the_head_in_a_panel_of_its_own(tmp_path, with_head, height):
+    import matplotlib.image as mpimg
+
+    from mmdp.report.figures import widths_figure
+    groups = {'img_backbone.conv1': {'before': 64, 'after': 32},
+              'img_backbone.layer1.0.conv1': {'before': 64, 'after': 64}}
+    if with_head:
+        groups.update({'pts_bbox_head.decoder.layers.0.ffn.hidden': {'before': 512, 'after': 256},
+                       'pts_bbox_head.decoder.layers.1.ffn.hidden': {'before': 512, 'after': 512},
+                       'pts_bbox_head.tokens': {'before': 300, 'after': 200}})
+    removed = ['pts_bbox_head.decoder.layers.1'] if with_head else []
+    path = str(tmp_path / 'widths.png')
+    widths_figure({'groups': groups, 'removed_blocks': removed}, 'run', path)
+    # 4 inches a panel at 110 dpi: one panel for the convs, a second one for the head.
+    assert mpimg.imread(path).shape[0] == height

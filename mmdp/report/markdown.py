@@ -67,7 +67,7 @@ def write_report(runs: list, out_dir: str) -> str:
         if run.events:
             last = run.events[-1]
             png = f'widths_{run.name}.png'
-            figures.widths_figure(last, f'{run.name}: channels per group', osp.join(out_dir, png))
+            figures.widths_figure(last, f'{run.name}: widths per group', osp.join(out_dir, png))
             removed = ', '.join(last['removed_blocks']) or 'none'
             lines += ['', f'## {run.name}', '', f'{len(run.events)} pruning event(s); blocks '
                       f'removed: {removed}.', '', f'![widths]({png})']
