@@ -1,5 +1,7 @@
 """JointPruningHook: search width, depth and camera image size by numerical gradients inside a
-training run, then fix the sub-network and fine-tune it.
+training run, then fix the sub-network and fine-tune it. With the config's `prunable_head` the
+search covers the whole detector: the head's dimensions join the vector (`space`) and the
+latency is the whole detector's at every ladder size (`latency`).
 
 Iterations [search_begin, search_end) of the run are the search: every `interval` iterations,
 before the training step, one estimator step evaluates perturbed sub-networks of the current
@@ -39,7 +41,7 @@ from mmdp.structure import StructureChoice, derive_structure
 from .estimator import SelfAdaptedGradient
 from .evaluate import SubnetLoss
 from .final_config import dump_config, final_size_config
-from .latency import build_sized_latency
+from .latency import build_sized_latency, table_step
 from .plot import plot_trajectory
 from .projection import LatencyProjection
 from .ranking import bn_gamma_ranking, taylor_ranking
@@ -67,7 +69,12 @@ class JointPruningHook(Hook):
     importance: the order channels and blocks are taken in (`ranking`): 'taylor' (the saliency
         of a SaliencyHook whose window ends by search_begin) or 'bn_gamma'.
     ladder: camera image sizes (H, W), the full size (the config's) first, then smaller ones.
-    chunk, min_width, min_depth, prune_residual: the pruning vector (`space.PruningSpace`).
+    chunk, min_width, min_depth, prune_residual, head_chunk, min_layers: the pruning vector
+        (`space.PruningSpace`). With the config's `prunable_head` the vector has the head's
+        coordinates too (its hidden widths, heads, decoder depth and token setting, ranked by
+        the Taylor saliency of the head's units) and the latency covers the whole detector at
+        every ladder size (one whole-detector table per size); head_chunk=None takes the step
+        of the full-size table, so every hidden width the search visits is a profiled one.
     pairs, step, sigma, grow, step_range, sigma_range, seed: the estimator
         (`estimator.SelfAdaptedGradient`).
     input_shape: the backbone input the structure and tables are taken at; default the
@@ -78,7 +85,8 @@ class JointPruningHook(Hook):
     def __init__(self, prune_ratio: float, latency: dict, search_end: int,
                  search_begin: int = 0, interval: int = 1, importance: str = 'taylor',
                  ladder: Optional[list] = None, chunk: int = 32, min_width: float = 0.25,
-                 min_depth: int = 1, prune_residual: bool = False, pairs: int = 2,
+                 min_depth: int = 1, prune_residual: bool = False,
+                 head_chunk: Optional[int] = None, min_layers: int = 1, pairs: int = 2,
                  step: float = 0.1, sigma: float = 0.15, grow: float = 1.5,
                  step_range=(0.01, 0.5), sigma_range=(0.05, 0.5), seed: int = 0,
                  input_shape=None):
@@ -95,7 +103,8 @@ class JointPruningHook(Hook):
         self.search_begin, self.search_end, self.interval = search_begin, search_end, interval
         self.importance, self.ladder, self.input_shape = importance, ladder, input_shape
         self.space_args = dict(chunk=chunk, min_width=min_width, min_depth=min_depth,
-                               prune_residual=prune_residual)
+                               prune_residual=prune_residual, head_chunk=head_chunk,
+                               min_layers=min_layers)
         self.estimator_args = dict(pairs=pairs, step=step, sigma=sigma, grow=grow,
                                    step_range=tuple(step_range), sigma_range=tuple(sigma_range),
                                    seed=seed)
@@ -116,14 +125,22 @@ class JointPruningHook(Hook):
             raise ValueError('JointPruningHook needs the backbone input shape: set '
                              'latency_input_shape in the config or input_shape in the hook')
         shape = tuple(int(s) for s in shape)
-        self.structure = derive_structure(model, shape)
+        head = runner.cfg.get('prunable_head')
+        if head and self.importance != 'taylor':
+            raise ValueError(f"JointPruningHook importance={self.importance!r}: a whole-detector "
+                             "run (prunable_head) ranks the head's units by their Taylor "
+                             "saliency; use importance='taylor' with a SaliencyHook")
+        self.structure = derive_structure(model, shape, head=head)
         full = shape[2:]
         ladder = [tuple(s) for s in (self.ladder or [full])]
         if ladder[0] != full:
             raise ValueError(f'the first ladder size {ladder[0]} must be the full image size '
                              f'{full} (latency_input_shape / input_shape)')
         divisor = int(getattr(model.data_preprocessor, 'pad_size_divisor', 1) or 1)
-        self.space = PruningSpace(self.structure, ladder, divisor=divisor, **self.space_args)
+        args = dict(self.space_args)
+        if head and args['head_chunk'] is None:
+            args['head_chunk'] = table_step(self.latency_cfg, full)
+        self.space = PruningSpace(self.structure, ladder, divisor=divisor, **args)
 
     def before_train(self, runner) -> None:
         if self.fixed is not None:  # resumed: the weights came masked, the hooks did not
@@ -163,7 +180,7 @@ class JointPruningHook(Hook):
             self.ranking = Ranking(**self._restored['ranking'])
         elif self.importance == 'taylor':
             saliency = self._saliency_hook(runner).collector.average()
-            self.ranking = taylor_ranking(self.structure, saliency, self.space.stages)
+            self.ranking = taylor_ranking(self.structure, saliency, self.space.block_stages)
         else:
             self.ranking = bn_gamma_ranking(bare_model(runner), self.structure,
                                             self.space.stages)
@@ -275,6 +292,7 @@ class JointPruningHook(Hook):
         for hook in final.get('custom_hooks', []):
             if str(hook.get('type', '')).split('.')[-1] == type(self).__name__:
                 hook['input_shape'] = list(self.structure.input_shape)
+                hook['head_chunk'] = self.space.head_chunk  # no table needed to rebuild it
         return final
 
     def _fixed_choice(self) -> StructureChoice:

@@ -6,6 +6,15 @@ given one table per ladder size (`tables`, keyed 'HxW'), each size uses its own;
 `table`, other sizes scale its prediction by the pixel ratio (exact for MACs, an approximation
 for measured tables, which the log says). `flops` without any table counts MACs of the derived
 structure in units of the dense backbone (1.0 = dense).
+
+A whole-detector structure (head parts, `prunable_head`) is priced by whole-detector tables
+(backbone convs, neck convs and head parts, `tools/profile_latency.py` on the config with
+`--input-shape N C H W` per size), one per ladder size: the latency of a setting at a size is
+that size's table's prediction, backbone + neck + head. A single whole table is refused for a
+ladder of several sizes, naming the sizes without a table: the head's costs do not follow the
+pixel count (the position encoder and cross-attention follow the image tokens, the FFN and
+self-attention the queries only), so no ratio scales the sum honestly. `flops` (MACs of the
+backbone's convs) is refused for a whole-detector structure too.
 """
 import datetime
 import os.path as osp
@@ -69,6 +78,15 @@ class SizedLatency:
         return ratio * float(self.models[self.full_size].predict(choice))
 
 
+def table_step(cfg: dict, full_size) -> Optional[int]:
+    """The width step the full-size table of the hook's `latency` config was profiled at
+    (None without a table)."""
+    path = cfg.get('table')
+    if cfg.get('tables'):
+        path = {parse_size(k): v for k, v in cfg['tables'].items()}.get(tuple(full_size))
+    return None if path is None else int(LatencyTable.load(path).meta['step'])
+
+
 def build_sized_latency(cfg: dict, structure: Structure, full_size, ladder,
                         batch: Optional[int] = None) -> SizedLatency:
     """From the hook's `latency` config: `type` (one of TABLE_MODELS), then `table` (one file),
@@ -84,11 +102,20 @@ def build_sized_latency(cfg: dict, structure: Structure, full_size, ladder,
         raise ValueError("give either latency.table or latency.tables, not both")
     full_size = tuple(full_size)
     batch = batch or structure.input_shape[0]
+    whole = bool(structure.parts)
     if tables is not None:
         paths = {parse_size(k): v for k, v in tables.items()}
         missing = [s for s in ladder if tuple(s) not in paths]
         if missing:
             raise ValueError(f'latency.tables has no table for ladder sizes {missing}')
+    elif whole and (table is None or len(ladder) > 1):
+        missing = [tuple(s) for s in ladder if table is None or tuple(s) != full_size]
+        raise ValueError(
+            f'a whole-detector run (prunable_head) needs a whole-detector latency table per '
+            f"ladder size in latency.tables ({{'HxW': file}}); none for {missing}: the head's "
+            'costs follow the image tokens and the queries, not the pixel ratio, so one table '
+            'is not scaled (profile each with tools/profile_latency.py CONFIG --input-shape '
+            'N C H W)')
     elif table is not None:
         paths = {full_size: table}
     elif kind == 'flops':
@@ -106,5 +133,21 @@ def build_sized_latency(cfg: dict, structure: Structure, full_size, ladder,
                 f'target device with `python tools/profile_latency.py CONFIG --input-shape '
                 f"{' '.join(map(str, shape))} --out {path}`")
         models[size] = _model_class(kind)(table=path, expect=dict(input_shape=shape), **cfg)
+        if size != full_size:
+            _check_same_model(models[size].table, structure, path)
     models[full_size].table.check_structure(structure)
     return SizedLatency(models, full_size)
+
+
+def _check_same_model(table: LatencyTable, structure: Structure, path: str) -> None:
+    """A table of another ladder size prices the same groups, layers and parts (their shapes
+    differ with the size)."""
+    ours, theirs = table.structure, structure
+    for what, a, b in (('group', ours.groups, theirs.groups),
+                       ('layer', {x.name for x in ours.layers}, {x.name for x in theirs.layers}),
+                       ('part', {x.name for x in ours.parts}, {x.name for x in theirs.parts})):
+        if a != b:
+            name = sorted(set(a) ^ set(b) or [g for g in a if a[g] != b[g]])[0]
+            raise ValueError(f'latency table {path}: {what} {name!r} is not the same in the '
+                             "table and the model: profile every ladder size's table with the "
+                             "run's config")

@@ -3,11 +3,14 @@
 `taylor_ranking` uses the Taylor saliency the MDP and HALP hooks use (`mmdp.importance`,
 collected by a `SaliencyHook` before the search): a group's channels by |sum of s over its
 coupled layers| (`group_scores`, `channel_order`); a block by the total |s| of its layers' channels.
-`bn_gamma_ranking` needs no saliency window: the L1 norm of the BatchNorm scales (|gamma|,
-"network slimming"), read from the weights as loaded; a channel of a coupled group scores the sum
-of |gamma| over the group's BNs, a block the mean |gamma| of the BN that closes its residual
-branch (the scale at which the branch adds to the stage's output). Ties keep lower channel
-indices and remove later blocks first.
+A whole-detector structure's head parts go the same way (their units' gate saliency): a part's
+units, a token group's learnable queries, and a decoder layer by the total value of its parts
+(a removed layer loses all of them, as in the MDP program).
+`bn_gamma_ranking` (backbone structures only: head units have no BN) needs no saliency window:
+the L1 norm of the BatchNorm scales (|gamma|, "network slimming"), read from the weights as
+loaded; a channel of a coupled group scores the sum of |gamma| over the group's BNs, a block the
+mean |gamma| of the BN that closes its residual branch (the scale at which the branch adds to the
+stage's output). Ties keep lower channel indices and remove later blocks first.
 """
 import torch
 from torch import nn
@@ -35,6 +38,9 @@ def _abs_gamma(model: nn.Module, bn_name: str) -> torch.Tensor:
 def bn_gamma_ranking(model: nn.Module, structure: Structure, stages: list) -> Ranking:
     """Channel order per group and block removal order per stage of `model` (the model the
     structure was derived from), by |gamma|."""
+    if structure.parts:
+        raise ValueError("importance='bn_gamma' ranks BN channels only; a whole-detector "
+                         "structure's head units have no BN: use importance='taylor'")
     scores = {}
     for layer in structure.layers:
         scores[layer.group] = scores.get(layer.group, 0) + _abs_gamma(model, layer.bn)
@@ -53,9 +59,10 @@ def bn_gamma_ranking(model: nn.Module, structure: Structure, stages: list) -> Ra
 
 def taylor_ranking(structure: Structure, saliency: dict, stages: list) -> Ranking:
     """Channel order per group and block removal order per stage from Taylor saliency
-    ({layer name: per-channel s}, e.g. `TaylorSaliency.average()`)."""
+    ({layer or part name: per-unit s}, e.g. `TaylorSaliency.average()`); `stages` may include
+    the decoder (`PruningSpace.block_stages`)."""
     block_value = {}
-    for layer in structure.layers:
+    for layer in list(structure.layers) + structure.valued_parts:
         if layer.block is not None:
             value = float(torch.as_tensor(saliency[layer.name]).abs().sum())
             block_value[layer.block] = block_value.get(layer.block, 0.0) + value
