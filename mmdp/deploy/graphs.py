@@ -2,7 +2,6 @@
 TensorRT sample): the image backbone and neck, and one head step with the memory queue as
 explicit inputs and outputs. The host computes the frame's geometry in float64 (absolute
 timestamps and poses do not fit float32) with the detector's own bookkeeping."""
-import torch
 from torch import nn
 
 # Per-frame inputs of the head graph, after the features (see StreamPETRHead.step).
