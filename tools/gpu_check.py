@@ -39,8 +39,8 @@ SIZES = {
     'full': dict(config='configs/streampetr_r50_704_dense.py',
                  whole='configs/streampetr_mdp45_whole.py', step=32, repeats=30, warmup=5,
                  samples=12, validate=20, rounds=20, compiled_methods=tuple(METHODS)),
-    # On the CPU inductor takes ~30 s per new backbone shape: the compile speed-ups of one method
-    # test that step (each method's would add minutes).
+    # On the CPU inductor takes 15-40 s per new backbone shape: the compile speed-ups of one
+    # method test that step (each method's would add minutes).
     'cpu-small': dict(config='configs/streampetr_r50_small_cpu.py',
                       whole='configs/streampetr_mdp45_whole_small_cpu.py', step=512, repeats=1,
                       warmup=0, samples=5, validate=2, rounds=20, compiled_methods=('mdp45',)),

@@ -6,17 +6,18 @@ runner compiles a deployed backbone, after `torch._dynamo.reset()`: every struct
 its own, and no cache entry of an earlier structure adds to its guard checks.
 
 A table's conv (a bare `nn.Conv2d`) cannot be compiled that way: inductor's conv lowering guards
-every weight size (`guard_int_seq(weight.get_size())` in torch/_inductor/kernel/conv.py), so
-even `dynamic=True` or `mark_dynamic` compile one graph per (output, input) width pair -- 5998
-graphs for the full-size table at step 32, about a second each on this project's CPU. Inductor
-lowers a conv that nothing fuses into to an extern aten convolution on channels-last tensors
-(its layout optimisation, which a ResNet gets on the CPU and on CUDA); so a table's conv runs
-that same aten call on a channels-last input, its weight made channels-last in the graph, wrapped
-in a custom op whose output size is plain arithmetic (aten's fake conv would guard the sizes that
-pick its backend). One `dynamic=True` graph then covers every width, input size, stride and
-padding: dynamo splits it only by kernel size 1 or larger, bias or none, and a map of one pixel
-(it specialises sizes of 1) -- 2 graphs for ResNet-50. Duck sizing is off so that sizes equal by
-chance (64 channels, 64 columns) do not split it further.
+every weight size (`guard_int_seq(weight.get_size())` in torch/_inductor/kernel/conv.py), so even
+`dynamic=True` compiles one graph per (output, input) width pair (and `mark_dynamic` cannot keep
+a size inductor specialises) -- 5998 graphs for the full-size table at step 32, 0.2-9 s each on
+this project's CPU. Inductor lowers a conv that nothing fuses into to an extern aten convolution
+on channels-last tensors (its layout optimisation: always with mkldnn on the CPU, by a flop
+heuristic that favours a ResNet's convs on CUDA); so a table's conv runs that same aten call on
+a channels-last input, its weight made channels-last in the graph, wrapped in a custom op whose
+output size is plain arithmetic (aten's fake conv would guard the sizes that pick its backend).
+One `dynamic=True` graph then covers every width, input size, stride and padding: dynamo splits
+it only by kernel size 1 or larger, bias or none, and a map of one pixel (it specialises sizes of
+1) -- 2 graphs for ResNet-18 and ResNet-50. Duck sizing is off so that sizes equal by chance (64
+channels, 64 columns) do not split it further.
 """
 from typing import List, Optional
 
