@@ -155,7 +155,7 @@ def test_timer_modes():
     with pytest.raises(ValueError, match="mode 'cudagraph' needs a CUDA device"):
         Timer('cpu', mode='cudagraph')
     with pytest.raises(ValueError, match='mode must be one of'):
-        Timer('cpu', mode='compile')
+        Timer('cpu', mode='inductor')
     conv = torch.nn.Conv2d(4, 4, 3)
     assert Timer('cpu', repeats=3, warmup=1)(conv, torch.randn(1, 4, 8, 8)) > 0
 

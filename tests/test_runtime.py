@@ -1,6 +1,7 @@
 """One notion of runtime: the latency tools' --runtime (and the former --mode), the table field
-that records it, tables written before it; the ort runtime (ONNX Runtime on exported graphs) in
-the latency tables, their validation and the benchmark; trt refused where tensorrt is absent."""
+that records it, tables written before it; the ort runtime (ONNX Runtime on exported graphs) and
+the compile runtime (torch.compile) in the latency tables, their validation and the benchmark;
+trt refused where tensorrt is absent."""
 import argparse
 import importlib.util
 import json
@@ -11,11 +12,12 @@ import onnxruntime
 import pytest
 import torch
 from mmdet.models.backbones import ResNet
+from torch._dynamo.utils import counters
 
 from mmdp.cli import run as run_tool
 from mmdp.latency import LatencyTable, TableMismatchError, Timer, device_name, make_meta
-from mmdp.latency.profiler import _Heads
-from mmdp.runtime import ort
+from mmdp.latency.profiler import _Heads, profile_layers
+from mmdp.runtime import compiled, ort
 from mmdp.runtime.runtimes import (DEPLOYED_RUNTIMES, DETECTOR_RUNTIMES, TABLE_RUNTIMES,
                                    add_runtime_argument, detector_runner, resolve_runtime)
 from mmdp.structure import derive_structure
@@ -39,7 +41,8 @@ def test_runtime_argument_and_mode_alias(capsys):
     assert parse('--mode', 'eager').runtime == 'torch'
     assert parse('--mode', 'cudagraph').runtime == 'cudagraph'
     assert (parse('--runtime', 'ort').runtime, parse('--runtime', 'ort').mode) == ('ort', 'ort')
-    for argv in (('--runtime', 'compile'), ('--mode', 'ort'),
+    assert parse('--runtime', 'compile').mode == 'compile'
+    for argv in (('--runtime', 'inductor'), ('--mode', 'ort'),
                  ('--runtime', 'torch', '--mode', 'eager')):
         with pytest.raises(SystemExit):
             parse(*argv)
@@ -57,8 +60,8 @@ def test_table_records_its_runtime_and_refuses_another(tmp_path):
     with pytest.raises(TableMismatchError, match="runtime is 'cudagraph' in the table but "
                                                  "'torch' here"):
         LatencyTable.load(path, runtime='torch', **here)
-    with pytest.raises(ValueError, match=r"profiled in one of \('torch', 'cudagraph', 'ort', "
-                                         r"'trt'\), found runtime 'eager'"):
+    with pytest.raises(ValueError, match=r"profiled in one of \('torch', 'cudagraph', 'compile', "
+                                         r"'ort', 'trt'\), found runtime 'eager'"):
         make_meta('cpu', 'fp32', SHAPE, 64, 'eager', 1, 0)
     # A table written with the former `mode` field reads as its runtime.
     data = json.loads(path.read_text())
@@ -91,11 +94,16 @@ def test_ort_runs_what_torch_computes():
     assert Timer('cpu', mode='ort', repeats=2, warmup=1)(conv, x) > 0
 
 
-def test_ort_table_records_its_runtime_and_validates(tmp_path):
-    config = tmp_path / 'r18.py'
+def r18_config(folder, shape=SHAPE):
+    config = folder / 'r18.py'
     config.write_text("default_scope = 'mmdet'\n"
                       "model = dict(type='ResNet', depth=18, out_indices=(2, 3))\n"
-                      'latency_input_shape = (1, 3, 32, 64)\n')
+                      f'latency_input_shape = {tuple(shape)}\n')
+    return config
+
+
+def test_ort_table_records_its_runtime_and_validates(tmp_path):
+    config = r18_config(tmp_path)
     out = tmp_path / 'table.json'
     args = [str(config), '--out', str(out), '--runtime', 'ort', '--step', '256', '--repeats', '2',
             '--warmup', '1', '--samples', '4', '--device', 'cpu']
@@ -129,6 +137,67 @@ def test_ort_table_records_its_runtime_and_validates(tmp_path):
     with pytest.raises(ValueError, match=f"onnxruntime is '0.1' in the table but "
                                          f"'{onnxruntime.__version__}' here"):
         load_tool('profile_latency').main(args)
+
+
+# No map of one pixel (dynamo gives a size of 1 its own graph): layer4 runs at 2 x 3.
+COMPILE_SHAPE = (1, 3, 64, 96)
+
+
+@torch.no_grad()
+def test_compiled_convs_share_two_graphs_and_compute_what_eager_does():
+    """The compile runtime's table convs: every width pair of the grid in one dynamic graph per
+    kernel size class (1x1, larger), the outputs eager's; a whole module compiled as well."""
+    torch.manual_seed(0)
+    backbone = ResNet(depth=18, out_indices=(2, 3))
+    backbone.eval()  # mmdet's ResNet.train returns None: no chaining
+    structure = derive_structure(backbone, COMPILE_SHAPE)
+    table = LatencyTable.new(structure, make_meta('cpu', 'fp32', COMPILE_SHAPE, 128, 'compile',
+                                                  1, 0))
+    torch._dynamo.reset()  # no graph of an earlier test in this process
+    graphs = counters['stats']['unique_graphs']
+    profile_layers(table, Timer('cpu', mode='compile', repeats=1, warmup=0), torch.float32)
+    # 20 convs, 90 width pairs, four kinds (7x7 / 3x3 stride 1 and 2 / 1x1 stride 2): 2 graphs.
+    assert counters['stats']['unique_graphs'] - graphs == 2
+    entries = np.concatenate([np.ravel(v) for v in table.tables.values()])
+    assert table.complete and len(entries) == 90 and np.isfinite(entries).all() and \
+        (entries > 0).all()
+    for conv in (backbone.conv1, backbone.layer2[0].conv1, backbone.layer2[0].downsample[0],
+                 torch.nn.Conv2d(3, 8, 3, padding=2, dilation=2, bias=True).eval()):
+        x = torch.randn(1, conv.in_channels, 16, 24)
+        torch.testing.assert_close(compiled.bind(conv, (x,))(), conv(x), rtol=1e-5, atol=1e-5)
+    x = torch.randn(COMPILE_SHAPE)
+    for ours, eager in zip(compiled.bind(backbone, (x,))(), backbone(x)):
+        torch.testing.assert_close(ours, eager, rtol=1e-5, atol=1e-5)
+
+
+def test_compile_table_records_its_runtime_and_validates(tmp_path, capsys):
+    config = r18_config(tmp_path, COMPILE_SHAPE)
+    out = tmp_path / 'table.json'
+    table = load_tool('profile_latency').main([
+        str(config), '--out', str(out), '--runtime', 'compile', '--step', '256', '--repeats',
+        '2', '--warmup', '1', '--samples', '3', '--device', 'cpu'])
+    assert table.complete and table.meta['runtime'] == 'compile' and len(table.samples) == 4
+    assert all(s['ms'] > 0 for s in table.samples)
+    here = dict(device=device_name('cpu'), input_shape=COMPILE_SHAPE, dtype='fp32')
+    assert LatencyTable.load(out, runtime='compile', **here).meta == table.meta
+    with pytest.raises(TableMismatchError, match="runtime is 'compile' in the table but "
+                                                 "'torch' here"):
+        LatencyTable.load(out, runtime='torch', **here)
+
+    validate = load_tool('validate_latency')
+    report = validate.main([str(config), '--table', str(out), '-n', '2', '--runtime', 'compile',
+                            '--out-dir', str(tmp_path / 'val'), '--repeats', '2', '--warmup',
+                            '1', '--device', 'cpu'])
+    assert report['table_meta']['runtime'] == 'compile'
+    assert all(s['measured_ms'] > 0 for s in report['samples'])
+    assert all(np.isfinite(r['mape']) for r in report['models'].values())
+    with pytest.raises(TableMismatchError, match="runtime is 'compile' in the table but 'torch'"):
+        validate.main([str(config), '--table', str(out), '-n', '2', '--device', 'cpu'])
+    # A whole-detector table stays in torch: the compile runtime's head runs eager.
+    assert run_tool(load_tool('profile_latency').main, [
+        os.path.join(ROOT, 'configs', 'streampetr_mdp45_whole_small_cpu.py'), '--runtime',
+        'compile', '--out', str(tmp_path / 'whole.json')]) == 2
+    assert "--runtime compile times a backbone table" in capsys.readouterr().err
 
 
 def test_benchmark_in_ort_times_the_exported_graphs(tmp_path):

@@ -1,11 +1,14 @@
-"""The GPU check: latency tables per runtime, their validation, MDP / HALP structures chosen from
-random weights, exported, and paired speed-ups against dense, next to the published ratios.
+"""The GPU check: latency tables per runtime (torch, cudagraph, and TensorRT where it imports,
+else torch.compile), their validation, MDP / HALP structures chosen from random weights,
+exported, and paired speed-ups against dense per runtime (torch, torch.compile, TensorRT where it
+imports) in fp32 and amp, next to the published ratios.
 
     python tools/gpu_check.py OUT_DIR [--cpu-small]
 
 Every figure goes to OUT_DIR/gpu_check.json and OUT_DIR/gpu_check.md. Without a CUDA device it
 stops at once (exit 1) unless `--cpu-small` asks for the same steps on the CPU at small size (the
-small config, coarse tables, few samples: a test of the steps, not figures to quote).
+small config, coarse tables, few samples, torch and compile tables, the compile speed-ups of
+MDP-45 only: a test of the steps, not figures to quote).
 """
 import argparse
 import importlib.util
@@ -35,10 +38,12 @@ METHODS = {'mdp45': ('mdp', 'lut_bilinear', 0.45, 'backbone'),
 SIZES = {
     'full': dict(config='configs/streampetr_r50_704_dense.py',
                  whole='configs/streampetr_mdp45_whole.py', step=32, repeats=30, warmup=5,
-                 samples=12, validate=20, rounds=20),
+                 samples=12, validate=20, rounds=20, compiled_methods=tuple(METHODS)),
+    # On the CPU inductor takes 15-40 s per new backbone shape: the compile speed-ups of one
+    # method test that step (each method's would add minutes).
     'cpu-small': dict(config='configs/streampetr_r50_small_cpu.py',
                       whole='configs/streampetr_mdp45_whole_small_cpu.py', step=512, repeats=1,
-                      warmup=0, samples=5, validate=2, rounds=20),
+                      warmup=0, samples=5, validate=2, rounds=20, compiled_methods=('mdp45',)),
 }
 PRECISIONS = ('fp32', 'amp')  # amp: backbone and neck in fp16 on CUDA (bf16 on the CPU)
 
@@ -62,13 +67,18 @@ def environment(device):
     return env
 
 
-def table_runtimes(device):
-    return ('torch', 'cudagraph') if device.type == 'cuda' else ('torch', )
+def table_runtimes(device, env):
+    """torch, cudagraph (CUDA) and the compiled runtime: TensorRT where it imports, else
+    torch.compile."""
+    if device.type != 'cuda':
+        return ('torch', 'compile')
+    return ('torch', 'cudagraph', 'trt' if env['tensorrt'] else 'compile')
 
 
-def detector_runtimes(device):
-    # torch.compile stands for the compiled runtime (TensorRT has no detector runner here).
-    return ('torch', 'compile') if device.type == 'cuda' else ('torch', )
+def detector_runtimes(device, env):
+    """Runtimes of the paired speed-ups: torch, torch.compile, and TensorRT's two engines where
+    it imports (its graphs are fp32: no amp row)."""
+    return ('torch', 'compile') + (('trt',) if env['tensorrt'] and device.type == 'cuda' else ())
 
 
 def random_saliency(structure, seed):
@@ -119,6 +129,7 @@ def choose_and_export(name, method, size, table_path, work, device):
 def markdown(result) -> str:
     env = result['environment']
     lines = [f"# GPU check ({env['device_name']}, torch {env['torch']}, size {result['size']})",
+             '', f"Latency tables profiled in: {', '.join(result['tables'])}.",
              '', '## Latency models (validation on random structures)', '',
              '| runtime | model | MAPE % | Spearman |', '| --- | --- | --- | --- |']
     for runtime, models in result['validation'].items():
@@ -160,12 +171,18 @@ def main(argv=None):
     os.makedirs(work, exist_ok=True)
     result = dict(size=size_name, environment=environment(device), tables={}, validation={},
                   structures={}, speedups={}, skipped=[])
-    if not result['environment']['tensorrt']:
+    env = result['environment']
+    if device.type != 'cuda':
+        result['skipped'].append('cudagraph and TensorRT (CPU)')
+    elif not env['tensorrt']:
         result['skipped'].append('TensorRT (tensorrt does not import): torch.compile is the '
-                                 'compiled runtime' if device.type == 'cuda' else 'TensorRT')
-    log(f"{result['environment']}")
+                                 "compiled runtime of the tables; no trt speed-ups")
+    skipped = [m for m in METHODS if m not in size['compiled_methods']]
+    if skipped:
+        result['skipped'].append(f"compiled speed-ups of {', '.join(skipped)} (size {size_name})")
+    log(f'{env}')
     common = ['--repeats', str(size['repeats']), '--warmup', str(size['warmup'])]
-    for runtime in table_runtimes(device):
+    for runtime in table_runtimes(device, env):
         path = osp.join(work, f'table_{runtime}.json')
         log(f'latency table ({runtime})')
         tool('profile_latency').main([size['config'], '--out', path, '--step', str(size['step']),
@@ -197,8 +214,10 @@ def main(argv=None):
         config, weights, summary = choose_and_export(name, method, size, table, work, device)
         result['structures'][name] = dict(summary, config=config, weights=weights)
         result['speedups'][name] = {}
-        for runtime in detector_runtimes(device):
-            for precision in PRECISIONS:
+        for runtime in detector_runtimes(device, env):
+            if runtime != 'torch' and name not in size['compiled_methods']:
+                continue
+            for precision in PRECISIONS if runtime != 'trt' else ('fp32',):
                 log(f'{name}: paired speed-up against dense ({runtime}, {precision})')
                 out = osp.join(work, f'speedup_{name}_{runtime}_{precision}.json')
                 code = tool('speedup').main([

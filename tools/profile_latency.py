@@ -2,14 +2,16 @@
 `prunable_head`, of the head's prunable parts and the neck's lateral convs).
 
     python tools/profile_latency.py CONFIG --out TABLE [--dtype fp32|fp16] [--step 32]
-        [--runtime torch|cudagraph|ort|trt] [--input-shape N C H W] [--repeats R] [--samples S]
+        [--runtime torch|cudagraph|compile|ort|trt] [--input-shape N C H W] [--repeats R]
+        [--samples S]
 
 Times every prunable conv over its (output width, input width) grid at its real input size, then
 times the dense backbone and S random prunings end to end and fits the overhead terms of the LUT
 models. The table is saved after every layer and every timed structure; running the same command
 again resumes an interrupted run. Under `--runtime ort|trt` every conv, part and pruned backbone
 is exported to ONNX and timed in ONNX Runtime / TensorRT; the table records the runtime's version
-(and ORT's providers and threads).
+(and ORT's providers and threads). Under `--runtime compile` (backbone tables) the convs share
+one dynamic torch.compile graph and each pruned backbone is compiled whole.
 """
 import argparse
 import os
@@ -90,6 +92,10 @@ def main(argv=None) -> LatencyTable:
     timer = Timer(args.device, args.mode, args.repeats, args.warmup)  # refuses a bad mode early
     model, input_shape = build_from_config(args.config, args.input_shape)
     head = args.head or load_config(args.config).get('prunable_head')
+    if head and args.runtime == 'compile':
+        raise UsageError('--runtime compile times a backbone table (the compile runtime '
+                         "compiles the backbone and neck, the head's Python stays eager); "
+                         f'{args.config} has the head {head!r}: use --runtime torch')
     structure = derive_structure(model, input_shape, head=head)
     backbone = model.get_submodule(structure.backbone) if structure.backbone else model
     meta = make_meta(args.device, args.dtype, input_shape, args.step, args.runtime, args.repeats,

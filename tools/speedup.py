@@ -78,6 +78,10 @@ def main(argv=None):
         print(f'error: --device {args.device}: no CUDA device here', file=sys.stderr)
         return 2
     check_runtime(args.runtime, device)
+    if args.runtime == 'compile':
+        # Compiled code of earlier comparisons in this process (tools/gpu_check.py calls this
+        # one in a loop) would pile up to dynamo's recompile limit.
+        torch._dynamo.reset()
     models = []
     for config, ckpt in ((args.config, args.checkpoint), tuple(args.against)):
         model, cfg = build_detector(config, None if ckpt == 'none' else ckpt,

@@ -2,13 +2,14 @@
 whole-detector table, random pruned detectors).
 
     python tools/validate_latency.py CONFIG --table TABLE -n 50 [--out-dir DIR]
-        [--runtime torch|cudagraph|ort|trt]
+        [--runtime torch|cudagraph|compile|ort|trt]
 
 Samples n random structures (widths on the table's grid, about a quarter of the blocks removed),
 predicts each with every latency model (and the plain, unfitted sum of the table entries), times
 each end to end, and reports per model the mean absolute percentage error (raw, and after scaling
 so that the dense backbone is exact) and the Spearman rank correlation. The end-to-end timings run
-in `--runtime`, the table's runtime (ort / trt: each pruned backbone exported to ONNX). Writes
+in `--runtime`, the table's runtime (ort / trt: each pruned backbone exported to ONNX; compile:
+each compiled by torch.compile for its shapes). Writes
 latency_validation.json and latency_validation.png to --out-dir (default: the table's folder).
 
 A whole-detector table (a config with `prunable_head`, or --head) is checked against whole

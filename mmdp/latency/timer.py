@@ -1,5 +1,6 @@
 """Median latency of a module on a device, in one of the runtimes a latency table is profiled
-in: PyTorch eager, a CUDA-graph replay, ONNX Runtime or TensorRT on the module exported to ONNX.
+in: PyTorch eager, a CUDA-graph replay, torch.compile, ONNX Runtime or TensorRT on the module
+exported to ONNX.
 CUDA events time what runs on a GPU stream, `time.perf_counter` the CPU and ONNX Runtime (whose
 runs return once their outputs are computed)."""
 import platform
@@ -8,7 +9,9 @@ import time
 
 import torch
 
-MODES = ('eager', 'cudagraph', 'ort', 'trt')
+from mmdp.runtime.runtimes import BACKENDS
+
+MODES = ('eager', 'cudagraph', 'compile', 'ort', 'trt')
 DTYPES = {'fp32': torch.float32, 'fp16': torch.float16}
 
 
@@ -39,8 +42,10 @@ def cudnn_version(device):
 class Timer:
     """Times `module(*inputs)` `repeats` times after `warmup` calls and returns the median in
     milliseconds. `mode='cudagraph'` captures one call in a CUDA graph and times its replays;
-    `mode='ort'` / `'trt'` export the module to ONNX and time its ONNX Runtime session /
-    TensorRT engine (mmdp.runtime.ort, mmdp.runtime.trt) on the same inputs."""
+    `mode='compile'` times the module compiled by torch.compile (mmdp.runtime.compiled: bare
+    convs of any width share one dynamic graph); `mode='ort'` / `'trt'` export the module to ONNX
+    and time its ONNX Runtime session / TensorRT engine (mmdp.runtime.ort, mmdp.runtime.trt)
+    on the same inputs."""
 
     def __init__(self, device='cpu', mode: str = 'eager', repeats: int = 100, warmup: int = 10):
         self.device = torch.device(device)
@@ -52,9 +57,9 @@ class Timer:
         if repeats < 1 or warmup < 0:
             raise ValueError(f'repeats must be >= 1 and warmup >= 0, found {repeats}, {warmup}')
         self.backend = None
-        if mode in ('ort', 'trt'):  # fails here, before any work, where it cannot run
+        if mode in BACKENDS:  # fails here, before any work, where it cannot run
             from importlib import import_module
-            self.backend = import_module(f'mmdp.runtime.{mode}')
+            self.backend = import_module(f'mmdp.runtime.{BACKENDS[mode]}')
             self.backend.require(self.device)
         self.mode, self.repeats, self.warmup = mode, repeats, warmup
         if self.device.type == 'cuda':
@@ -63,9 +68,9 @@ class Timer:
 
     @torch.no_grad()
     def __call__(self, module, *inputs) -> float:
-        if self.mode == 'ort':
-            return self._host(self.backend.bind(module, inputs, self.device))
-        if self.mode == 'trt':
+        if self.backend is not None:  # compile, ort, trt: a runner bound to the module
+            if self.mode == 'ort' or self.device.type != 'cuda':
+                return self._host(self.backend.bind(module, inputs, self.device))
             with torch.cuda.device(self.device):
                 run = self.backend.bind(module, inputs, self.device)
                 for _ in range(self.warmup):

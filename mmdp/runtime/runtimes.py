@@ -13,19 +13,23 @@ RUNTIMES = ('torch', 'cudagraph', 'compile', 'ort', 'trt')
 DETECTOR_RUNTIMES = ('torch', 'compile')
 DEPLOYED_RUNTIMES = ('ort', 'trt')
 # Runtimes a latency table is profiled in: per-layer convs, head parts and whole backbones timed
-# by mmdp.latency.Timer in the mode of the runtime (compile is not among them: it would compile
-# every conv of the width grid).
-TABLE_RUNTIMES = ('torch', 'cudagraph', 'ort', 'trt')
-TIMER_MODE = {'torch': 'eager', 'cudagraph': 'cudagraph', 'ort': 'ort', 'trt': 'trt'}
+# by mmdp.latency.Timer in the mode of the runtime (compile: a table's convs share one dynamic
+# graph, each whole backbone is compiled for its shapes; mmdp.runtime.compiled).
+TABLE_RUNTIMES = ('torch', 'cudagraph', 'compile', 'ort', 'trt')
+TIMER_MODE = {'torch': 'eager', 'cudagraph': 'cudagraph', 'compile': 'compile', 'ort': 'ort',
+              'trt': 'trt'}
+# Runtimes whose module of mmdp.runtime checks it can run here (`require`) and binds a module to
+# a timed runner (`bind`).
+BACKENDS = {'compile': 'compiled', 'ort': 'ort', 'trt': 'trt'}
 # The latency tools' former --mode, and tables' former `meta.mode`.
 RUNTIME_OF_MODE = {'eager': 'torch', 'cudagraph': 'cudagraph'}
 
 
 def check_runtime(runtime: str, device) -> None:
     """ValueError at once, naming what is missing, where `runtime` cannot run on `device`."""
-    if runtime in DEPLOYED_RUNTIMES:
+    if runtime in BACKENDS:
         from importlib import import_module
-        import_module(f'mmdp.runtime.{runtime}').require(device)
+        import_module(f'mmdp.runtime.{BACKENDS[runtime]}').require(device)
     elif runtime == 'cudagraph' and torch.device(device).type != 'cuda':
         raise ValueError(f'--runtime cudagraph needs a CUDA device, found --device {device}')
 
@@ -61,7 +65,10 @@ def detector_runner(model, runtime: str, device, example=None):
 
     @torch.no_grad()
     def run(data):
-        return model(**data, mode='predict')
+        # At dynamo's recompile limit (8 shapes or precisions of one module code) a hard
+        # failure, not its silent fall-back to eager that would time the wrong runtime.
+        with torch._dynamo.config.patch(fail_on_recompile_limit_hit=runtime == 'compile'):
+            return model(**data, mode='predict')
 
     return run
 
