@@ -39,3 +39,17 @@ def test_queries_with_one_reference_point_do_not_differ(model):
     assert spread['score_std'] < 1e-6
     for layer in range(len(model.pts_bbox_head.decoder.layers)):
         assert spread[f'layer{layer}.cross_attn']['specificity'] < 1e-6
+
+
+def test_near_tokens_are_the_projection_and_its_neighbours():
+    import numpy as np
+
+    from projects.streampetr.fake_inputs import camera_rig
+    from projects.streampetr.query_spread import near_tokens
+    h, w = 96, 256  # tokens 6 x 16 at stride 16
+    lidar2img = torch.as_tensor(np.stack(camera_rig(h, w)[0]), dtype=torch.float32)[None]
+    # 10 m ahead of view 0 on its optical axis: pixel (128, 48), token row 3, column 8; the
+    # views at +-60 degrees see it behind their image edges, the others behind them.
+    near = near_tokens(torch.tensor([[[10.0, 0.0, 0.0]]]), lidar2img, (6, 16), (h, w))
+    expected = {r * 16 + c for r in (2, 3, 4) for c in (7, 8, 9)}
+    assert set(near[0, 0].nonzero().flatten().tolist()) == expected

@@ -53,6 +53,7 @@ def main(argv=None):
             break
     flat = [{k: (v['specificity'] if isinstance(v, dict) else v) for k, v in r.items()}
             for r in rows]
+    lift = {k: float(np.mean([r[k]['lift'] for r in rows])) for k in rows[0] if 'cross' in k}
     entropy = {k: (np.mean([r[k]['entropy'] for r in rows]), v['uniform_entropy'])
                for k, v in rows[0].items() if isinstance(v, dict)}
     mean = {k: float(np.mean([f[k] for f in flat])) for k in flat[0]}
@@ -60,7 +61,7 @@ def main(argv=None):
     print(f"query_pos relative spread {mean['query_pos']:.4f}")
     for k, (ent, uniform) in entropy.items():
         print(f'{k:22s} entropy {ent:.3f} (uniform {uniform:.3f}), query specificity '
-              f'{mean[k]:.4f}')
+              f'{mean[k]:.4f}' + (f', geometric lift {lift[k]:.3f}' if k in lift else ''))
     print(f"decoder_out relative spread {mean['decoder_out']:.5f}")
     print(f"score_std {mean['score_std']:.5f}")
     if args.out:

@@ -12,6 +12,10 @@ not learned yet:
 - per decoder layer and attention: entropy of the attention (nats; log K is uniform) and its
   query specificity, the mean total-variation distance between a query's attention and the
   queries' mean attention (0: every query attends alike, 1: disjoint);
+- per cross-attention its geometric lift: the attention mass on the image tokens within one
+  token of where the query's reference point projects (in any view it lies in front of), over
+  the share of such tokens among all (1: attention ignores where the query is; above 1: the
+  position embeddings of queries and image tokens have come to agree);
 - `decoder_out`: relative spread over queries of the last layer's output;
 - `score_std`: std over queries of the top class score (sigmoid).
 The learnable queries only (denoising queries are a training device); memory emptied first.
@@ -27,14 +31,40 @@ def _relative_spread(x: torch.Tensor) -> float:
     return float(x.std(1).mean() / x.pow(2).mean().sqrt().clamp_min(1e-12))
 
 
-def _attention_stats(attn, q, k) -> dict:
-    """Entropy and query specificity of the softmax attention of `attn` (SDPAttention)."""
+def near_tokens(points, lidar2img, feat_hw, pad_hw) -> torch.Tensor:
+    """(B, Q, N*h*w) bool: the image tokens (in the head's order: view, row, column) within one
+    token of the projection of each point (B, Q, 3), in every view it lies in front of."""
+    (h, w), (pad_h, pad_w) = feat_hw, pad_hw
+    homo = torch.cat([points, torch.ones_like(points[..., :1])], -1)
+    cam = torch.einsum('bnij,bqj->bnqi', lidar2img, homo)  # (B, N, Q, 4)
+    depth = cam[..., 2]
+    uv = cam[..., :2] / depth.clamp_min(1e-5)[..., None]
+    # The token holding the projection and its eight neighbours.
+    col = torch.floor(uv[..., 0] * w / pad_w)
+    row = torch.floor(uv[..., 1] * h / pad_h)
+    rows = torch.arange(h, dtype=points.dtype)
+    cols = torch.arange(w, dtype=points.dtype)
+    near = (((rows.view(1, 1, 1, h, 1) - row[..., None, None]).abs() <= 1)
+            & ((cols.view(1, 1, 1, 1, w) - col[..., None, None]).abs() <= 1)
+            & (depth > 0)[..., None, None])  # (B, N, Q, h, w)
+    return near.permute(0, 2, 1, 3, 4).flatten(2)
+
+
+def _attention_stats(attn, q, k, near=None) -> dict:
+    """Entropy and query specificity of the softmax attention of `attn` (SDPAttention), and
+    with `near` (B, Q, K) its geometric lift."""
     qh, kh = attn._heads(attn.q_proj(q)), attn._heads(attn.k_proj(k))
     p = (qh @ kh.transpose(-1, -2) / math.sqrt(qh.shape[-1])).softmax(-1)  # (B, H, Q, K)
     entropy = -(p * p.clamp_min(1e-12).log()).sum(-1).mean()
     tv = 0.5 * (p - p.mean(2, keepdim=True)).abs().sum(-1).mean()
-    return dict(entropy=float(entropy), uniform_entropy=math.log(kh.shape[2]),
-                specificity=float(tv))
+    stats = dict(entropy=float(entropy), uniform_entropy=math.log(kh.shape[2]),
+                 specificity=float(tv))
+    if near is not None:
+        seen = near.any(-1)  # queries in front of some camera
+        mass = (p.mean(1) * near).sum(-1)[seen]
+        share = near.float().mean(-1)[seen]
+        stats['lift'] = float(mass.mean() / share.mean())
+    return stats
 
 
 @torch.no_grad()
@@ -54,7 +84,7 @@ def query_spread(model, batch) -> dict:
             # The cross-attention's query is the output of self-attention and its norm.
             x = layer.norms[0](query + layer.self_attn(query + query_pos, key + key_pos, key))
             seen[f'layer{index}.cross_attn'] = _attention_stats(
-                layer.cross_attn, (x + query_pos)[:, :q], img_feats + img_pos)
+                layer.cross_attn, (x + query_pos)[:, :q], img_feats + img_pos, near)
             if index == 0:
                 seen['query_pos'] = _relative_spread(query_pos[:, :q])
         return hook
@@ -66,7 +96,12 @@ def query_spread(model, batch) -> dict:
         model.reset_memory()
         imgs = batch['inputs']['imgs']
         feats = model.extract_feat(imgs)
-        cls_scores, _, _ = head(feats, model._frame(imgs, batch['data_samples']))
+        frame = model._frame(imgs, batch['data_samples'])
+        ref = head.learnable_reference_points()
+        points = ref * (head.pc_range[3:] - head.pc_range[:3]) + head.pc_range[:3]
+        near = near_tokens(points.expand(feats.size(0), -1, -1), frame['lidar2img'],
+                           feats.shape[-2:], frame['pad_shape'])
+        cls_scores, _, _ = head(feats, frame)
     finally:
         for h in hooks:
             h.remove()
