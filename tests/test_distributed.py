@@ -11,7 +11,9 @@ import sys
 
 import torch
 
+from mmdp.latency.config import build_from_config
 from mmdp.pruning import CHECKPOINT_KEY, PruningState
+from formula_tables import whole_formula_table
 from test_resume_kill import TABLE_DEVICE, TABLE_SHAPE, formula_table, small_model
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
@@ -76,16 +78,18 @@ def test_dist_train_on_two_cpu_processes_through_a_pruning_event(nusc_infos, tmp
 def test_dist_train_of_the_whole_detector_keeps_both_ranks_identical(nusc_infos, tmp_path):
     """Head units (FFN, heads, position encoder) and decoder layers through the same event: the
     digest the hook compares covers the head's masks and weights too."""
-    # Profiled with the threads the ranks train with: the table's device names its threads.
     env = dict(os.environ, PYTHON=sys.executable, PORT=str(_free_port()), OMP_NUM_THREADS='1')
+    # Known costs, the head's units the dearest (as in test_resume_whole): the event prunes the
+    # head whatever the machine's load.
     table = str(tmp_path / 'table.json')
-    subprocess.run([sys.executable, 'tools/profile_latency.py', WHOLE_CONFIG, '--out', table,
-                    '--step', '128', '--repeats', '1', '--warmup', '1', '--samples', '3',
-                    '--input-shape', *map(str, WHOLE_SHAPE)], check=True, cwd=ROOT,
-                   capture_output=True, env=env)
+    model, _ = build_from_config(WHOLE_CONFIG, WHOLE_SHAPE)
+    whole = whole_formula_table(model, WHOLE_SHAPE, 128, 0.01, 0.1, per_query=False)
+    whole.meta['device'] = TABLE_DEVICE
+    whole.save(table)
     work = str(tmp_path / 'work')
     log = _dist_train(WHOLE_CONFIG, nusc_infos, work, env, f'latency_input_shape={WHOLE_SHAPE}',
-                      f'custom_hooks.1.latency_table={table}')
+                      f'custom_hooks.1.latency_table={table}',
+                      f'custom_hooks.1.latency_device={TABLE_DEVICE}')
     assert 'pruning event 1: masks and weights identical on all 2 ranks' in log
     ckpt = torch.load(osp.join(work, 'iter_2.pth'), map_location='cpu', weights_only=False)
     state = PruningState.from_dict(ckpt[CHECKPOINT_KEY])

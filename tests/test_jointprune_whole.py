@@ -25,6 +25,8 @@ from mmdp.structure import StructureChoice, derive_structure
 from mmdp.structure.head import NECK_CONV, TOKENS
 from projects.streampetr.fake_inputs import fake_frame
 
+from formula_tables import whole_formula_table
+
 CONFIG = 'configs/streampetr_jointprune45_whole_small_cpu.py'
 HEAD = 'pts_bbox_head'
 LADDER = [(64, 128), (48, 96)]  # small sizes keep the structures quick to derive
@@ -177,28 +179,8 @@ def test_sub_network_of_a_head_choice_equals_the_masked_detector(model, structur
 
 # ---------------------------------------------------------------- latency per ladder size
 def whole_table(model, size, scale: float, head_scale: float) -> LatencyTable:
-    """A whole-detector table at `size` with known entries: every conv `scale` ms at any width,
-    a neck conv `scale / 100` ms per input channel, a head part `head_scale` ms per unit (times the
-    setting's learnable queries for a decoder part), the token part 0.5 ms per query."""
-    shape = (6, 3, *size)
-    st = derive_structure(model, shape, head=HEAD)
-    table = LatencyTable.new(st, make_meta('cpu', 'fp32', shape, 128, 'torch', 1, 0))
-    for layer in st.layers:
-        rows = [scale] * len(table.widths[layer.group])
-        table.tables[layer.name] = ([[v] * len(table.widths[layer.input_group]) for v in rows]
-                                    if layer.input_group else rows)
-    for part in st.parts:
-        widths = table.widths[part.group]
-        if part.kind == TOKENS:
-            table.tables[part.name] = [0.5 * w for w in widths]
-        elif part.kind == NECK_CONV:
-            table.tables[part.name] = [scale / 100 * w for w in widths]
-        elif part.input_group:
-            table.tables[part.name] = [[head_scale * w * q for q, _, _ in SETTINGS]
-                                       for w in widths]
-        else:
-            table.tables[part.name] = [head_scale * w for w in widths]
-    return table
+    """A whole-detector table at `size` with known entries (`whole_formula_table`)."""
+    return whole_formula_table(model, (6, 3, *size), 128, scale, head_scale, HEAD)
 
 
 def hand_latency(structure, choice, scale, head_scale) -> float:

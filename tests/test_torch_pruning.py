@@ -26,11 +26,10 @@ from formula_tables import formula_table
 from test_export import build
 from test_pruning_hooks import train as train_config
 from test_pruning_hooks import (STEP, TABLE_SHAPE, TOY_SHAPE, ToyDetector, event_files, load_ckpt,
-                                table, toy_data)
+                                toy_data)
 
 CONFIG = 'configs/streampetr_torchprune45_small_cpu.py'
 CHUNK = 8
-__all__ = ['table']  # the module fixture of test_pruning_hooks, used here too
 
 
 def random_gradients(model, structure, seed=0) -> dict:
@@ -168,6 +167,19 @@ def test_weight_gradients_are_the_window_mean_and_leave_frozen_weights_frozen():
 # ---------------------------------------------------------------------- StreamPETR, tools/train.py
 def train(work_dir, infos, table, *options):
     return train_config(work_dir, infos, table, *options, config=CONFIG)
+
+
+@pytest.fixture(scope='module')
+def table(tmp_path_factory):
+    """The small config's backbone priced by formula at the test's input: whether a ratio
+    reaches the budget must not depend on how busy this machine is (a table timed under load
+    once made every ratio miss it)."""
+    from mmdp.latency import device_name
+    from mmdp.latency.config import build_from_config
+    path = str(tmp_path_factory.mktemp('latency') / 'formula.json')
+    model, _ = build_from_config(CONFIG, TABLE_SHAPE)
+    formula_table(model, TABLE_SHAPE, STEP, path, device_name('cpu'))
+    return path
 
 
 @pytest.fixture(scope='module')
