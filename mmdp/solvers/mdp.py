@@ -172,6 +172,22 @@ def _check_mindtpy_subsolvers(options: dict) -> None:
                           + ". The default backend 'milp' needs only highspy.")
 
 
+def _fits_or_tighten(problem: Problem, m: pyo.ConcreteModel, positions: dict, removed,
+                     solver: str) -> bool:
+    """Whether the solver's choice fits the budget when its latency is recomputed exactly; if
+    not (the solver met it only to its own tolerance), the model's budget is tightened by twice
+    the excess, for the next solve."""
+    latency = problem.evaluate({g: problem.groups[g][k] for g, k in positions.items()},
+                               removed)[1]
+    if problem.fits(latency):
+        return True
+    print_log(f'mdp: the recomputed latency {latency:.9g} is over the budget by '
+              f'{latency - problem.budget:.3g} ({solver}\'s tolerance); solving again with the '
+              'excess taken off', logger='current', level=logging.WARNING)
+    m.rhs = pyo.value(m.rhs) - 2 * (latency - problem.budget) / m.latency_scale
+    return False
+
+
 @SOLVERS.register_module(name='mdp')
 class MDPSolver(BaseSolver):
     """The MDP program (see the module doc).
@@ -283,14 +299,8 @@ class MDPSolver(BaseSolver):
                                   + ('raise time_limit' if condition
                                      == TerminationCondition.maxTimeLimit else 'see its log'))
             positions, removed = read_choice(m, space)
-            latency = problem.evaluate({g: problem.groups[g][k] for g, k in positions.items()},
-                                       removed)[1]
-            if problem.fits(latency):
+            if _fits_or_tighten(problem, m, positions, removed, 'HiGHS'):
                 break
-            print_log(f'mdp: the recomputed latency {latency:.9g} is over the budget by '
-                      f'{latency - problem.budget:.3g} (solver tolerance); solving again with '
-                      'the excess taken off', logger='current', level=logging.WARNING)
-            m.rhs = pyo.value(m.rhs) - 2 * (latency - problem.budget) / m.latency_scale
             warm = False
         else:
             raise SolverError('mdp: HiGHS keeps returning choices over the budget')
@@ -361,14 +371,8 @@ class MDPSolver(BaseSolver):
                                           f'({self.time_limit:g} s); raise time_limit')
                     return self._mindtpy_infeasible(problem, space, results)
                 positions, removed = read_choice(m, space)
-                latency = problem.evaluate(
-                    {g: problem.groups[g][k] for g, k in positions.items()}, removed)[1]
-                if problem.fits(latency):
+                if _fits_or_tighten(problem, m, positions, removed, 'MindtPy'):
                     break
-                print_log(f'mdp: the recomputed latency {latency:.9g} is over the budget by '
-                          f'{latency - problem.budget:.3g} (MindtPy\'s tolerance); solving again '
-                          'with the excess taken off', logger='current', level=logging.WARNING)
-                m.rhs = pyo.value(m.rhs) - 2 * (latency - problem.budget) / m.latency_scale
             else:
                 raise SolverError('mdp: MindtPy keeps returning choices over the budget')
         return make_solution(problem, 'feasible', positions, removed)
