@@ -30,8 +30,9 @@ def test_every_step_at_small_size_on_the_cpu(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     with open(tmp_path / 'gpu_check.json') as f:
         result = json.load(f)
-    assert result['size'] == 'cpu-small' and \
-        list(result['tables']) == ['torch', 'compile', 'whole/torch']
+    # No time budget at small size: every step ran, eager ones first.
+    assert result['size'] == 'cpu-small' and result['over_budget'] == [] and \
+        list(result['tables']) == ['torch', 'whole/torch', 'compile']
     with open(result['tables']['compile']) as f:
         assert json.load(f)['meta']['runtime'] == 'compile'
     for runtime in ('torch', 'compile'):
@@ -51,6 +52,26 @@ def test_every_step_at_small_size_on_the_cpu(tmp_path):
     assert '| mdp45' in text and '| torch | fp32 |' in text and '1.18x' in text
     assert 'Skipped:' in text and 'compiled speed-ups of mdp50, mdp70, halp45, mdp45_whole' in text
     assert '| mdp45_whole' in text and '| torch | amp |' in text
-    assert 'Latency tables profiled in: torch, compile, whole/torch.' in text
+    assert 'Latency tables profiled in: torch, whole/torch, compile.' in text
     assert '| compile | lut_bilinear |' in text and '| compile | fp32 |' in text
     assert '| compile | amp |' in text
+
+
+def test_no_step_starts_once_the_time_budget_is_spent(tmp_path):
+    proc = run(str(tmp_path), '--cpu-small', '--budget-s', '0')
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    with open(tmp_path / 'gpu_check.json') as f:
+        result = json.load(f)
+    assert result['budget_s'] == 0 and not result['tables'] and not result['structures']
+    # Every step is named, in the order of priority: eager figures, then the compiled runtime.
+    steps = result['over_budget']
+    assert steps[:3] == ['latency table (torch)', 'validating the latency models (torch)',
+                         'latency table (whole detector, torch)']
+    assert steps[-1] == 'mdp45: paired speed-up against dense (compile, amp)'
+    assert steps.index('mdp45_whole: paired speed-up against dense (torch, amp)') < \
+        steps.index('latency table (compile)')
+    text = (tmp_path / 'gpu_check.md').read_text()
+    assert 'Not started, the time budget of 0 s being spent: latency table (torch);' in text
+    proc = run(str(tmp_path / 'bad'), '--cpu-small', '--budget-s', '-1')
+    assert proc.returncode == 2 and '--budget-s must be >= 0 seconds, got -1.0' in proc.stderr
+    assert not (tmp_path / 'bad').exists()

@@ -37,18 +37,19 @@ METHODS = {'mdp45': ('mdp', 'lut_bilinear', 0.45, 'backbone'),
            'mdp45_whole': ('mdp', 'lut_bilinear', 0.45, 'whole')}
 SIZES = {
     # torch.compile compiles every sampled and validated structure anew (inductor, tens of
-    # seconds each): fewer of them, and compiled speed-ups of the two MDP-45 methods only, to
-    # keep the whole check within the 9 minutes of one device call. Unmeasured on a GPU so far.
+    # seconds each): fewer of them, and compiled speed-ups of the two MDP-45 methods only. No
+    # step starts after `budget_s` (set-up and the last step fill the rest of the 9 minutes of
+    # one device call); how far it gets within it is unmeasured on a GPU so far.
     'full': dict(config='configs/streampetr_r50_704_dense.py',
                  whole='configs/streampetr_mdp45_whole.py', step=32, repeats=30, warmup=5,
                  samples=12, validate=20, compile_samples=4, compile_validate=6, rounds=20,
-                 compiled_methods=('mdp45', 'mdp45_whole')),
+                 compiled_methods=('mdp45', 'mdp45_whole'), budget_s=420),
     # On the CPU inductor takes 15-40 s per new backbone shape: the compile speed-ups of one
     # method test that step (each method's would add minutes).
     'cpu-small': dict(config='configs/streampetr_r50_small_cpu.py',
                       whole='configs/streampetr_mdp45_whole_small_cpu.py', step=512, repeats=1,
                       warmup=0, samples=5, validate=2, compile_samples=5, compile_validate=2,
-                      rounds=20, compiled_methods=('mdp45',)),
+                      rounds=20, compiled_methods=('mdp45',), budget_s=None),
 }
 PRECISIONS = ('fp32', 'amp')  # amp: backbone and neck in fp16 on CUDA (bf16 on the CPU)
 
@@ -155,7 +156,40 @@ def markdown(result) -> str:
     lines += ['', 'A method marked other than optimal: its solver found no structure within the '
               'budget and the structure is the closest it reached.']
     lines += ['', f"Skipped: {'; '.join(result['skipped']) or 'nothing'}."]
+    budget = result['budget_s']
+    if result['over_budget']:
+        lines += ['', f"Not started, the time budget of {budget:.0f} s being spent: "
+                      f"{'; '.join(result['over_budget'])}."]
+    lines += ['', f"Ran for {result.get('elapsed_s', 0):.0f} s; time budget: "
+                  f"{'none' if budget is None else f'{budget:.0f} s'}."]
     return '\n'.join(lines) + '\n'
+
+
+class Steps:
+    """Runs the check's steps in order of priority within a time budget: once the budget is
+    spent every later step is skipped and named, and the figures are written after each step,
+    so a run cut short (or killed) still leaves what it measured. A step already running is not
+    interrupted: the budget leaves room for the last one."""
+
+    def __init__(self, budget_s, result, out_dir):
+        self.budget_s, self.result, self.out_dir = budget_s, result, out_dir
+        self.start = time.monotonic()
+
+    def run(self, label, fn, *args):
+        spent = time.monotonic() - self.start
+        if self.budget_s is not None and spent >= self.budget_s:
+            log(f'not started: {label} (time budget of {self.budget_s:.0f} s spent)')
+            self.result['over_budget'].append(label)
+            self.write()
+            return
+        log(f'{label} (at {spent:.0f} s)')
+        fn(*args)
+        self.result['elapsed_s'] = round(time.monotonic() - self.start, 1)
+        self.write()
+
+    def write(self):
+        atomic_write_json(osp.join(self.out_dir, 'gpu_check.json'), self.result)
+        atomic_write_text(osp.join(self.out_dir, 'gpu_check.md'), markdown(self.result))
 
 
 def main(argv=None):
@@ -163,82 +197,115 @@ def main(argv=None):
     parser.add_argument('out_dir')
     parser.add_argument('--cpu-small', action='store_true',
                         help='the same steps on the CPU at small size (tests the steps)')
+    parser.add_argument('--budget-s', type=float, default=None,
+                        help='start no step after this many seconds (default: 420 at full '
+                             'size, the 9 minutes of one device call less set-up and the last '
+                             'step; unlimited with --cpu-small)')
     args = parser.parse_args(argv)
     if not args.cpu_small and not torch.cuda.is_available():
         print('error: no CUDA device (torch.cuda.is_available() is False): the GPU check needs '
               'an NVIDIA GPU; --cpu-small runs its steps on the CPU at small size',
               file=sys.stderr)
         return 1
+    if args.budget_s is not None and not args.budget_s >= 0:
+        parser.error(f'--budget-s must be >= 0 seconds, got {args.budget_s}')
     size_name = 'cpu-small' if args.cpu_small else 'full'
     size = SIZES[size_name]
+    budget = args.budget_s if args.budget_s is not None else size['budget_s']
     device = torch.device('cpu' if args.cpu_small else 'cuda')
     work = osp.join(args.out_dir, 'work')
     os.makedirs(work, exist_ok=True)
-    result = dict(size=size_name, environment=environment(device), tables={}, validation={},
-                  structures={}, speedups={}, skipped=[])
+    result = dict(size=size_name, environment=environment(device), budget_s=budget, tables={},
+                  validation={}, structures={}, speedups={}, skipped=[], over_budget=[])
     env = result['environment']
     if device.type != 'cuda':
         result['skipped'].append('cudagraph and TensorRT (CPU)')
     elif not env['tensorrt']:
         result['skipped'].append('TensorRT (tensorrt does not import): torch.compile is the '
                                  "compiled runtime of the tables; no trt speed-ups")
-    skipped = [m for m in METHODS if m not in size['compiled_methods']]
-    if skipped:
-        result['skipped'].append(f"compiled speed-ups of {', '.join(skipped)} (size {size_name})")
+    not_compiled = [m for m in METHODS if m not in size['compiled_methods']]
+    if not_compiled:
+        result['skipped'].append(f"compiled speed-ups of {', '.join(not_compiled)} "
+                                 f"(size {size_name})")
     log(f'{env}')
+    steps = Steps(budget, result, args.out_dir)
     common = ['--repeats', str(size['repeats']), '--warmup', str(size['warmup'])]
-    for runtime in table_runtimes(device, env):
+
+    def table(runtime):
         path = osp.join(work, f'table_{runtime}.json')
         prefix = 'compile_' if runtime == 'compile' else ''
-        samples, validate = size[prefix + 'samples'], size[prefix + 'validate']
-        log(f'latency table ({runtime})')
         tool('profile_latency').main([size['config'], '--out', path, '--step', str(size['step']),
-                                      '--runtime', runtime, '--samples', str(samples),
-                                      '--device', str(device), *common])
+                                      '--runtime', runtime, '--samples',
+                                      str(size[prefix + 'samples']), '--device', str(device),
+                                      *common])
         result['tables'][runtime] = path
-        log(f'validating the latency models ({runtime})')
+
+    def validation(runtime):
+        prefix = 'compile_' if runtime == 'compile' else ''
         report = tool('validate_latency').main(
-            [size['config'], '--table', path, '-n', str(validate), '--runtime', runtime,
-             '--out-dir', osp.join(work, f'validation_{runtime}'), '--device', str(device),
-             *common])
+            [size['config'], '--table', result['tables'][runtime], '-n',
+             str(size[prefix + 'validate']), '--runtime', runtime, '--out-dir',
+             osp.join(work, f'validation_{runtime}'), '--device', str(device), *common])
         result['validation'][runtime] = report['models']
-    torch.manual_seed(0)
-    from mmdp.runtime.detector import build_detector
-    dense, _ = build_detector(size['config'])
+
+    def whole_table():
+        # The whole detector's table (backbone, neck convs and head parts), eager.
+        path = osp.join(work, 'table_whole_torch.json')
+        tool('profile_latency').main([size['whole'], '--out', path, '--step', str(size['step']),
+                                      '--samples', str(size['samples']), '--device',
+                                      str(device), *common])
+        result['tables']['whole/torch'] = path
+
     dense_ckpt = osp.join(work, 'dense.pth')
-    torch.save({'meta': {}, 'state_dict': dense.state_dict()}, dense_ckpt)
-    del dense
-    # The whole detector's table (backbone, neck convs and head parts), eager.
-    whole_table = osp.join(work, 'table_whole_torch.json')
-    log('latency table (whole detector, torch)')
-    tool('profile_latency').main([size['whole'], '--out', whole_table, '--step',
-                                  str(size['step']), '--samples', str(size['samples']),
-                                  '--device', str(device), *common])
-    result['tables']['whole/torch'] = whole_table
-    for name, method in METHODS.items():
-        log(f'{name}: structure and export')
-        table = whole_table if method[3] == 'whole' else result['tables']['torch']
-        config, weights, summary = choose_and_export(name, method, size, table, work, device)
+
+    def dense_checkpoint():  # what every speed-up is paired against
+        from mmdp.runtime.detector import build_detector
+        torch.manual_seed(0)
+        dense, _ = build_detector(size['config'])
+        torch.save({'meta': {}, 'state_dict': dense.state_dict()}, dense_ckpt)
+
+    def structure(name, method):
+        table_path = result['tables']['whole/torch' if method[3] == 'whole' else 'torch']
+        config, weights, summary = choose_and_export(name, method, size, table_path, work,
+                                                     device)
         result['structures'][name] = dict(summary, config=config, weights=weights)
         result['speedups'][name] = {}
-        for runtime in detector_runtimes(device, env):
-            if runtime != 'torch' and name not in size['compiled_methods']:
-                continue
+
+    def speedup(name, runtime, precision):
+        s = result['structures'][name]
+        out = osp.join(work, f'speedup_{name}_{runtime}_{precision}.json')
+        code = tool('speedup').main([
+            s['config'], s['weights'], '--against', size['config'], dense_ckpt, '--rounds',
+            str(size['rounds']), '--runtime', runtime, '--device', str(device),
+            *(['--amp'] if precision == 'amp' else []), '--out', out])
+        if code:
+            raise RuntimeError(f'tools/speedup.py failed for {name} ({runtime}, {precision})')
+        with open(out) as f:
+            result['speedups'][name][f'{runtime}/{precision}'] = json.load(f)['speedup']
+
+    # Priority order: the eager figures every method needs first, then the CUDA-graph table,
+    # then the compiled runtime (the slowest to set up: every new shape compiles anew).
+    tables = table_runtimes(device, env)
+    steps.run('latency table (torch)', table, 'torch')
+    steps.run('validating the latency models (torch)', validation, 'torch')
+    steps.run('latency table (whole detector, torch)', whole_table)
+    steps.run('dense checkpoint', dense_checkpoint)
+    for name, method in METHODS.items():
+        steps.run(f'{name}: structure and export', structure, name, method)
+        for precision in PRECISIONS:
+            steps.run(f'{name}: paired speed-up against dense (torch, {precision})', speedup,
+                      name, 'torch', precision)
+    for runtime in tables[1:]:
+        steps.run(f'latency table ({runtime})', table, runtime)
+        steps.run(f'validating the latency models ({runtime})', validation, runtime)
+    for runtime in detector_runtimes(device, env)[1:]:
+        for name in size['compiled_methods']:
             for precision in PRECISIONS if runtime != 'trt' else ('fp32',):
-                log(f'{name}: paired speed-up against dense ({runtime}, {precision})')
-                out = osp.join(work, f'speedup_{name}_{runtime}_{precision}.json')
-                code = tool('speedup').main([
-                    config, weights, '--against', size['config'], dense_ckpt, '--rounds',
-                    str(size['rounds']), '--runtime', runtime, '--device', str(device),
-                    *(['--amp'] if precision == 'amp' else []), '--out', out])
-                if code:
-                    raise RuntimeError(f'tools/speedup.py failed for {name} ({runtime}, '
-                                       f'{precision})')
-                with open(out) as f:
-                    result['speedups'][name][f'{runtime}/{precision}'] = json.load(f)['speedup']
-    atomic_write_json(osp.join(args.out_dir, 'gpu_check.json'), result)
-    atomic_write_text(osp.join(args.out_dir, 'gpu_check.md'), markdown(result))
-    log(f"done: {osp.join(args.out_dir, 'gpu_check.md')}")
+                steps.run(f'{name}: paired speed-up against dense ({runtime}, {precision})',
+                          speedup, name, runtime, precision)
+    steps.write()
+    log(f"done in {time.monotonic() - steps.start:.0f} s: "
+        f"{osp.join(args.out_dir, 'gpu_check.md')}")
     return 0
 
 
