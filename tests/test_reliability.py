@@ -6,6 +6,7 @@ Most cases call a tool's main(argv) in this process, through the same `mmdp.cli.
 `python tools/x.py` entry uses (exit code, one message on stderr); two run a tool as a user
 does, in a subprocess, to check the entry itself (no traceback, the exit status).
 """
+import contextlib
 import os
 import os.path as osp
 import shutil
@@ -321,11 +322,36 @@ def run_case(case: Case, paths, capsys):
         return proc.returncode, proc.stderr
     from mmdp.cli import run
     main = load_tool(case.tool).main
-    with warnings.catch_warnings(record=True) as caught:
+    with warnings.catch_warnings(record=True) as caught, as_a_new_process():
         warnings.simplefilter('always')
         code = run(main, argv)
     err = capsys.readouterr().err + ''.join(f'{w.message}\n' for w in caught)
     return code, err
+
+
+@contextlib.contextmanager
+def as_a_new_process():
+    """Drop the mmengine instances (loggers, scopes, visualizers, message hubs) that a tool run
+    in this process created, as its own process would. A runner names them by config and
+    second: two cases started within one second would otherwise share the first one's logger,
+    whose stream is a pytest capture closed since."""
+    from mmengine.utils import ManagerMixin
+
+    def managed(cls):
+        for sub in cls.__subclasses__():
+            yield sub
+            yield from managed(sub)
+
+    before = {cls: set(cls._instance_dict) for cls in managed(ManagerMixin)}
+    try:
+        yield
+    finally:
+        for cls in managed(ManagerMixin):
+            for name in set(cls._instance_dict) - before.get(cls, set()):
+                instance = cls._instance_dict.pop(name)
+                for handler in getattr(instance, 'handlers', [])[:]:
+                    instance.removeHandler(handler)
+                    handler.close()
 
 
 @pytest.mark.parametrize('case', CASES, ids=[c.id for c in CASES])
