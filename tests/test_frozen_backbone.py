@@ -65,3 +65,14 @@ def test_a_trainable_backbone_is_refused_in_one_line(nusc_infos, tmp_path):
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert proc.stderr.strip().splitlines()[-1].startswith(
         'error: FrozenBackboneFeatureCache: model.img_backbone must be frozen')
+
+
+def test_pruning_hooks_beside_it_are_refused(nusc_infos, tmp_path):
+    options = dict(item.split('=', 1) for item in data_options(nusc_infos))
+    cfg = load_config('configs/streampetr_mdp45_small_cpu.py', options)
+    cfg.custom_hooks = [dict(type='FrozenBackboneFeatureCache'), *cfg.custom_hooks]
+    cfg.work_dir, cfg.launcher = str(tmp_path), 'none'
+    runner = Runner.from_cfg(cfg)
+    with pytest.raises(ValueError, match='FrozenBackboneFeatureCache is for dense training; '
+                                         'this config also has SaliencyHook, PruningHook'):
+        runner.train()

@@ -31,6 +31,12 @@ class FrozenBackboneFeatureCache(Hook):
     def before_train(self, runner) -> None:
         model = runner.model.module if is_model_wrapper(runner.model) else runner.model
         backbone = model.img_backbone
+        # Cached features would not see a pruning event's masks, nor give saliency gradients.
+        pruning = [type(h).__name__ for h in runner.hooks
+                   if type(h).__name__ in ('PruningHook', 'SaliencyHook')]
+        if pruning:
+            raise ValueError(f'FrozenBackboneFeatureCache is for dense training; this config '
+                             f'also has {", ".join(pruning)} in custom_hooks')
         trainable = [n for n, p in backbone.named_parameters() if p.requires_grad]
         if trainable:
             raise ValueError(f'FrozenBackboneFeatureCache: model.img_backbone must be frozen '
