@@ -52,7 +52,7 @@ def test_a_random_pipeline_overflows_the_cache_with_a_clear_error(nusc_infos, tm
         'train_cfg.max_iters': 3, 'train_cfg.val_interval': 100,
         'custom_hooks.0.calib_batches': CALIB, 'custom_hooks.0.max_entries': 20,
         'train_dataloader.dataset.pipeline.4.resize_lim': (0.62, 0.68)})
-    with pytest.raises(RuntimeError, match='more than 20 distinct backbone input images; is '
+    with pytest.raises(ValueError, match='more than 20 distinct backbone input images; is '
                                            'the train pipeline random'):
         runner.train()
 

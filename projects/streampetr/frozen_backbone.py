@@ -75,7 +75,7 @@ class FrozenBackboneFeatureCache(Hook):
             missing = [i for i, k in enumerate(keys) if k not in cache]
             if missing:
                 if len(cache) + len(missing) > limit:
-                    raise RuntimeError(f'FrozenBackboneFeatureCache: more than {limit} '
+                    raise ValueError(f'FrozenBackboneFeatureCache: more than {limit} '
                                        f'distinct backbone input images; is the train '
                                        f'pipeline random (resize, crop, flip)?')
                 with torch.no_grad():
